@@ -1,0 +1,47 @@
+"""Errors meant for users: one message that names the offending value and the fix.
+
+The CLI prints ``SciMLError`` messages without a traceback (unless ``--debug``) and exits with
+``exit_code``; library callers can catch it like any exception.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+
+class SciMLError(Exception):
+    """A problem with the user's input or environment, with a message that says how to fix it."""
+
+    exit_code = 2
+
+
+class ConfigError(SciMLError):
+    """An experiment config or command-line override is missing, unknown or of the wrong type."""
+
+
+class DataError(SciMLError):
+    """A dataset file is missing, unreadable, truncated or does not follow the HDF5 schema."""
+
+
+class TrainingError(SciMLError):
+    """Training produced non-finite values or otherwise could not go on."""
+
+    exit_code = 3
+
+
+def optional_import(module: str, extra: str, feature: str) -> ModuleType:
+    """Import an optional dependency, or raise a ``SciMLError`` that names the extra to install.
+
+    ``mpi4py`` is imported before ``dolfinx`` because the DOLFINx wheel otherwise fails to find
+    ``libmpi.so.12``.
+    """
+    try:
+        if module.split(".")[0] == "dolfinx":
+            importlib.import_module("mpi4py.MPI")
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise SciMLError(
+            f"{feature} needs the optional package `{module}`, which is not installed ({exc}). "
+            f"Install it with `pip install 'sciml[{extra}]'` or rerun `scripts/setup.sh`."
+        ) from exc

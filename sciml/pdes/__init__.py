@@ -1,0 +1,17 @@
+"""PDE definitions: parameters, residual functions, initial conditions and reference solvers."""
+
+from .base import PDE, Domain, pde_from_config
+from .derivatives import autograd_fields
+from .periodic1d import Burgers, Convection, ConvectionDiffusion, Reaction, ReactionDiffusion
+
+__all__ = [
+    "PDE",
+    "Domain",
+    "pde_from_config",
+    "autograd_fields",
+    "Burgers",
+    "Convection",
+    "ConvectionDiffusion",
+    "Reaction",
+    "ReactionDiffusion",
+]

@@ -1,0 +1,87 @@
+"""The PDE contract: a PDE is data (parameters + a residual function), shared by every model.
+
+A residual takes a mapping of named fields evaluated at the same points, e.g.
+``{"u": ..., "u_t": ..., "u_x": ..., "u_xx": ...}``, and returns the residual at those points.
+How the fields were computed (autograd for PINNs, finite differences or FFT for hard-constraint
+layers) is the caller's business, so one residual serves every model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from torch import Tensor
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Domain:
+    """An axis-aligned space-time box. ``space`` holds one (low, high) pair per spatial axis."""
+
+    space: tuple[tuple[float, float], ...]
+    time: tuple[float, float]
+    periodic: bool
+
+    @property
+    def lengths(self) -> tuple[float, ...]:
+        return tuple(hi - lo for lo, hi in self.space)
+
+
+class PDE(ABC):
+    """Base class of every PDE definition.
+
+    Subclasses are small frozen dataclasses of physical parameters. They declare which fields
+    their residual needs (``fields``), their domain, initial condition and, where one exists, a
+    reference solver on a grid.
+    """
+
+    name: ClassVar[str]
+    fields: ClassVar[tuple[str, ...]]
+
+    @property
+    @abstractmethod
+    def domain(self) -> Domain: ...
+
+    @abstractmethod
+    def residual(self, f: Mapping[str, Tensor]) -> Tensor:
+        """The PDE residual at the points where the fields ``f`` were evaluated."""
+
+    @abstractmethod
+    def initial_condition(self, x: np.ndarray) -> np.ndarray:
+        """u(x, t=0) on points x, shape [n_x]."""
+
+    def reference_solution(self, u0: np.ndarray, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """A numerical reference solution [..., n_t, n_x] from u0 [..., n_x] on the grid (x, t)."""
+        raise NotImplementedError(f"{type(self).__name__} has no reference solver")
+
+    def params(self) -> dict[str, Any]:
+        """The PDE's parameters as plain JSON-able values."""
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    def to_config(self) -> dict[str, Any]:
+        """A plain-data description that :func:`pde_from_config` turns back into this PDE."""
+        cls = type(self)
+        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": self.params()}
+
+
+def pde_from_config(config: Mapping[str, Any]) -> PDE:
+    """Rebuild a PDE from ``{"class_path": "module.Class", "init_args": {...}}``.
+
+    Only subclasses of :class:`PDE` are built, so a checkpoint cannot name arbitrary callables.
+    """
+    path = str(config.get("class_path", ""))
+    module_name, _, cls_name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), cls_name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"unknown PDE class_path {path!r}: {exc}. Use one of sciml.pdes.*") from exc
+    if not (isinstance(cls, type) and issubclass(cls, PDE)):
+        raise ConfigError(f"class_path {path!r} is not a sciml PDE (a subclass of sciml.pdes.PDE)")
+    return cls(**dict(config.get("init_args", {})))

@@ -1,0 +1,145 @@
+"""Sample-based (operator learning) data: one HDF5 sample per item, split into train/val/test.
+
+The HDF5 file is opened lazily, once per process: h5py handles must not cross a fork, and
+DataLoader workers may be forked or spawned. The main process only opens the file briefly to
+validate it, so nothing holds a handle when the workers start.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from sciml.data.schema import read_dataset
+from sciml.errors import ConfigError, DataError
+
+
+class H5Samples(Dataset):
+    """Samples `indices` of a dataset file as dicts of tensors.
+
+    Item: {"u": float32 [n_t, *space(, channels)], "params": float32 [n_params],
+    "index": int (row in the file)} and "u0": float32 [*space(, channels)] when the file has it.
+    """
+
+    def __init__(self, path: str | os.PathLike, indices: Sequence[int] | None = None) -> None:
+        self.path = Path(path)
+        meta = read_dataset(self.path, load=False)  # validates; the handle is closed again
+        n = meta.n_samples
+        self.indices = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64)
+        if self.indices.size and (self.indices.min() < 0 or self.indices.max() >= n):
+            raise ValueError(f"`indices` must lie in [0, {n}) for {self.path}, "
+                             f"got [{self.indices.min()}, {self.indices.max()}]")
+        self.has_u0 = meta.u0 is not None
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _handle(self) -> h5py.File:
+        # A handle inherited through fork belongs to the parent's HDF5 state: open our own.
+        if self._file is None or self._pid != os.getpid():
+            try:
+                self._file = h5py.File(self.path, "r")
+            except OSError as exc:
+                raise DataError(f"{self.path} could not be opened ({exc}); it may have been "
+                                "moved or overwritten while loading. Rerun with the file in place.") from exc
+            self._pid = os.getpid()
+        return self._file
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        i = int(self.indices[k])
+        f = self._handle()
+        item: dict[str, Any] = {
+            "u": torch.from_numpy(np.asarray(f["samples/u"][i], dtype=np.float32)),
+            "params": torch.from_numpy(np.asarray(f["samples/params"][i], dtype=np.float32)),
+            "index": i,
+        }
+        if self.has_u0:
+            item["u0"] = torch.from_numpy(np.asarray(f["samples/u0"][i], dtype=np.float32))
+        return item
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_file"], state["_pid"] = None, None
+        return state
+
+    def close(self) -> None:
+        """Close this process's handle (it reopens on the next item)."""
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file, self._pid = None, None
+
+
+def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """Disjoint sorted index sets {"train", "val", "test"} covering range(n), fixed by `seed`.
+
+    A nonzero fraction gets at least one sample; train must keep at least one.
+    """
+    sizes = {name: max(1, round(f * n)) if f > 0 else 0
+             for name, f in (("val", val_fraction), ("test", test_fraction))}
+    n_train = n - sizes["val"] - sizes["test"]
+    if n_train < 1:
+        raise ConfigError(f"the dataset has {n} samples: too few for val_fraction={val_fraction} "
+                          f"and test_fraction={test_fraction} to leave any for training. Lower the "
+                          "fractions or generate more samples.")
+    order = np.random.default_rng(seed).permutation(n)
+    cuts = np.cumsum([n_train, sizes["val"]])
+    return {name: np.sort(part) for name, part in zip(("train", "val", "test"), np.split(order, cuts))}
+
+
+class SampleDataModule(L.LightningDataModule):
+    """Train/val/test loaders over the samples of one HDF5 dataset, split by `seed`."""
+
+    def __init__(self, path: str, batch_size: int = 8, val_fraction: float = 0.1,
+                 test_fraction: float = 0.1, num_workers: int = 0, seed: int = 0) -> None:
+        super().__init__()
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"`batch_size` (={batch_size!r}) must be an integer >= 1.")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ConfigError(f"`num_workers` (={num_workers!r}) must be an integer >= 0.")
+        for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ConfigError(f"`{name}` (={value!r}) must be a number in [0, 1).")
+        if val_fraction + test_fraction >= 1:
+            raise ConfigError(f"`val_fraction` + `test_fraction` (={val_fraction} + {test_fraction})"
+                              " must be below 1 to leave samples for training.")
+        self.save_hyperparameters()
+        self.path = path
+        self.splits: dict[str, H5Samples] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        hp = self.hparams
+        n = read_dataset(self.path, load=False).n_samples
+        for name, idx in split_indices(n, hp.val_fraction, hp.test_fraction, hp.seed).items():
+            self.splits[name] = H5Samples(self.path, idx)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if not self.splits:
+            self.setup()
+        workers = self.hparams.num_workers
+        return DataLoader(self.splits[split], batch_size=self.hparams.batch_size, shuffle=shuffle,
+                          num_workers=workers, persistent_workers=workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def teardown(self, stage: str | None = None) -> None:
+        for samples in self.splits.values():
+            samples.close()

@@ -1,0 +1,153 @@
+"""The ``sciml`` command: parses, dispatches, and turns errors into one-paragraph messages.
+
+Expected problems (bad config, missing file, corrupt data, diverged training) are
+:class:`~sciml.errors.SciMLError`s: printed without a traceback, non-zero exit. ``--debug``
+shows the traceback of any error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import SciMLError
+
+EXIT_INTERRUPTED = 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show full tracebacks and Lightning's logs")
+
+    p = argparse.ArgumentParser(prog="sciml", description="Physics-informed scientific machine learning.", parents=[common])
+    p.add_argument("--version", action="version", version=f"sciml {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def experiment_command(name: str, help: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help, parents=[common], description=help)
+        c.add_argument("config", metavar="EXPERIMENT.yaml")
+        c.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. trainer.max_steps=200 model.hidden=[32,32]")
+        c.add_argument("--out", help="run folder (default runs/NAME, or runs/NAME-quick with --quick)")
+        c.add_argument("--quick", action="store_true", help="shrink the experiment to a smoke-test size (the config's `quick` overrides)")
+        return c
+
+    experiment_command("run", "data -> train -> evaluate -> report, for one experiment config")
+    experiment_command("train", "train only (writes config.yaml and checkpoints/ into the run folder)")
+
+    e = sub.add_parser("evaluate", help="evaluate a run folder (metrics.json and plots)", parents=[common])
+    e.add_argument("run_dir", metavar="RUN_DIR")
+    e.add_argument("--checkpoint", help="checkpoint to evaluate (default RUN_DIR/checkpoints/last.ckpt)")
+
+    pr = sub.add_parser("predict", help="predict from a checkpoint on the grid of an HDF5 dataset, to HDF5", parents=[common])
+    pr.add_argument("checkpoint", metavar="CHECKPOINT")
+    pr.add_argument("--data", required=True, help="HDF5 dataset whose grid to predict on")
+    pr.add_argument("--out", required=True, help="output HDF5 file")
+
+    d = sub.add_parser("data", help="generate and inspect datasets", parents=[common])
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    g = dsub.add_parser("generate", help="generate a named dataset into HDF5", parents=[common])
+    g.add_argument("name", nargs="?", metavar="NAME")
+    g.add_argument("params", nargs="*", metavar="key=value", help="PDE parameters, e.g. beta=30")
+    g.add_argument("--list", action="store_true", help="list the generators and their parameters")
+    g.add_argument("--out", help="output file (default data/NAME.h5)")
+    g.add_argument("--n", type=int, default=1, help="number of samples (default 1)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--nx", type=int, default=256)
+    g.add_argument("--nt", type=int, default=100)
+    g.add_argument("--random-ic", action="store_true", help="random initial conditions even for one sample")
+    i = dsub.add_parser("info", help="validate a dataset file against the schema and summarise it", parents=[common])
+    i.add_argument("file", metavar="FILE")
+
+    for name, what in (("pretrained", "pretrained solvers"), ("bench", "benchmarks")):
+        r = sub.add_parser(name, help=f"{what} (reserved; not available in this version)", parents=[common])
+        r.add_argument("args", nargs="*")
+    return p
+
+
+def _quiet_libraries(debug: bool) -> None:
+    if debug:
+        return
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    warnings.filterwarnings("ignore")
+    import lightning  # noqa: F401  (it sets its loggers to INFO on import; quiet them after)
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _parse_params(items: Sequence[str]) -> dict:
+    import yaml
+
+    from .config import parse_override
+
+    return {k: yaml.safe_load(v) for k, v in map(parse_override, items)}
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command in ("run", "train"):
+        from .pipeline import run_experiment
+
+        result = run_experiment(args.config, out=args.out, quick=args.quick, overrides=args.overrides, evaluate=args.command == "run")
+        _report(result)
+    elif args.command == "evaluate":
+        from .pipeline import evaluate_run
+
+        _report(evaluate_run(args.run_dir, args.checkpoint))
+    elif args.command == "predict":
+        from .pipeline import predict_to_file
+
+        print(f"wrote {predict_to_file(args.checkpoint, args.data, args.out)}")
+    elif args.command == "data" and args.data_command == "generate":
+        from .data.generators import describe_generators, generate
+
+        if args.list or not args.name:
+            print(describe_generators())
+            return 0
+        out = args.out or os.path.join("data", f"{args.name}.h5")
+        path = generate(args.name, out, n=args.n, seed=args.seed, nx=args.nx, nt=args.nt, params=_parse_params(args.params), random_ic=args.random_ic or None)
+        print(f"wrote {path}")
+    elif args.command == "data" and args.data_command == "info":
+        from .data.schema import summarize
+
+        print(summarize(args.file))
+    else:
+        raise SciMLError(f"`sciml {args.command}` is reserved but not available in sciml {__version__} yet.")
+    return 0
+
+
+def _report(result: dict) -> None:
+    metrics = result.get("metrics")
+    if metrics:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k in ("rel_l2", "nrmse", "mse", "max_abs_err"))
+        print(f"{result['experiment']}: {shown}")
+    else:
+        print(f"{result['experiment']}: trained {result.get('steps')} steps in {result['seconds']['train']:.1f} s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _quiet_libraries(args.debug)
+    try:
+        return _dispatch(args)
+    except SciMLError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: no file was left half-written; rerun the same command to resume.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # an unexpected failure: short message, traceback with --debug
+        if args.debug:
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {exc}\nRerun with --debug for the traceback and report it if it looks like a bug.", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

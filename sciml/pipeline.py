@@ -1,0 +1,170 @@
+"""The stages of an experiment: train, evaluate, predict, and ``run`` = all of them.
+
+A run folder holds ``config.yaml`` (the resolved config; ``sciml run DIR/config.yaml``
+reproduces the run), ``checkpoints/`` (``last.ckpt``), ``logs/`` (CSV), ``metrics.json`` and the
+plots. Every file is written atomically. An interrupted run with an unchanged config resumes from
+``checkpoints/last.ckpt``; ``metrics.json`` is written last, so its presence means complete.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from . import __version__
+from ._io import atomic_write_json, atomic_write_text
+from .callbacks import StepProgress
+from .config import dump_config, instantiate, load_config
+from .errors import ConfigError, DataError
+from .metrics import compute_metrics
+from .models import load_model
+from .plotting import plot_loss_curve, plot_snapshots, plot_solution_maps
+
+CHECKPOINT_EVERY = 100
+
+
+def default_out(name: str, quick: bool) -> Path:
+    return Path("runs") / (f"{name}-quick" if quick else name)
+
+
+def run_experiment(
+    config: str | Path,
+    out: str | Path | None = None,
+    quick: bool = False,
+    overrides: tuple[str, ...] | list[str] = (),
+    evaluate: bool = True,
+) -> dict[str, Any]:
+    """Data -> train -> (evaluate -> report). Returns the metrics.json content (or the train summary)."""
+    parser, cfg = load_config(config, overrides, quick)
+    out = Path(out) if out else default_out(cfg.name, quick)
+    text = dump_config(parser, cfg)
+    resume = _resume_checkpoint(out, text)
+    if resume is None:
+        for stale in ("checkpoints", "logs", "metrics.json"):
+            target = out / stale
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    else:
+        print(f"resuming the interrupted run in {out} from {resume}")
+    atomic_write_text(out / "config.yaml", text)
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    objs = instantiate(parser, cfg)
+    model, dm = objs.model, objs.data
+    trainer = _trainer(cfg.trainer.as_dict(), out, model)
+    t0 = time.perf_counter()
+    trainer.fit(model, datamodule=dm, ckpt_path=resume)
+    train_s = time.perf_counter() - t0
+    summary = {"experiment": cfg.name, "steps": trainer.global_step, "seconds": {"train": train_s}}
+    if not evaluate:
+        return summary
+    return evaluate_model(model, dm, out, cfg.name, train_seconds=train_s)
+
+
+def _resume_checkpoint(out: Path, config_text: str) -> str | None:
+    last = out / "checkpoints" / "last.ckpt"
+    saved = out / "config.yaml"
+    if last.is_file() and saved.is_file() and not (out / "metrics.json").exists() and saved.read_text() == config_text:
+        return str(last)
+    return None
+
+
+def _trainer(kwargs: dict[str, Any], out: Path, model: L.LightningModule) -> L.Trainer:
+    if kwargs.get("max_steps", -1) in (-1, None) and kwargs.get("max_epochs") is None and hasattr(model, "total_steps"):
+        kwargs["max_steps"] = model.total_steps
+    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="step{step}", save_last=True, save_top_k=1, every_n_train_steps=CHECKPOINT_EVERY)
+    return L.Trainer(
+        **kwargs,
+        default_root_dir=out,
+        callbacks=[checkpoint, StepProgress()],
+        logger=CSVLogger(out, name="logs", version=""),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=True,
+    )
+
+
+def evaluate_model(model: L.LightningModule, dm: L.LightningDataModule, out: str | Path, name: str, train_seconds: float | None = None) -> dict[str, Any]:
+    """Metrics and plots of a grid model (``predict_grid``) against the data module's reference."""
+    out = Path(out)
+    dm.prepare_data()
+    dm.setup("test")
+    t0 = time.perf_counter()
+    pred = model.predict_grid(dm.x, dm.t)
+    if not np.all(np.isfinite(pred)):
+        raise DataError(f"the trained model predicts NaN/Inf at {int(np.sum(~np.isfinite(pred)))} grid points: training diverged; lower the learning rate or check the loss curve in {out}.")
+    metrics = compute_metrics(pred[None], dm.u[None])
+    eval_s = time.perf_counter() - t0
+    title = f"{name}: {model.pde.name} {model.pde.params()}"
+    plot_solution_maps(dm.x, dm.t, pred, dm.u, out / "solution.png", title=title)
+    plot_snapshots(dm.x, dm.t, pred, dm.u, out / "snapshots.png")
+    history = {k: v for k, v in model.history.items() if v}
+    if history:
+        steps = model.opt_cfg
+        switch = steps.adam_steps if 0 < steps.adam_steps < len(history["loss"]) else None
+        plot_loss_curve(history, out / "loss.png", switch_step=switch)
+    report = {
+        "experiment": name,
+        "model": getattr(model, "model_name", type(model).__name__.lower()),
+        "metrics": metrics,
+        "per_case": [{"case": model.pde.params(), **metrics}],
+        "seconds": {"train": train_seconds, "eval": eval_s},
+        "steps": len(model.history.get("loss", [])),
+        "device": _device_name(model),
+        "versions": versions(),
+    }
+    atomic_write_json(out / "metrics.json", report)
+    return report
+
+
+def evaluate_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> dict[str, Any]:
+    """Re-evaluate a run folder from its config.yaml and a checkpoint (default: last.ckpt)."""
+    run_dir = Path(run_dir)
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        raise ConfigError(f"{run_dir} is not a run folder (no config.yaml); give the --out folder of `sciml run` or `sciml train`.")
+    parser, cfg = load_config(config)
+    objs = instantiate(parser, cfg)
+    model = load_model(checkpoint or run_dir / "checkpoints" / "last.ckpt")
+    return evaluate_model(model, objs.data, run_dir, cfg.name)
+
+
+def predict_to_file(checkpoint: str | Path, data: str | Path, out: str | Path) -> Path:
+    """Predict on the grid of an HDF5 dataset and write the prediction as a dataset file."""
+    from .data.schema import PDEDataset, read_dataset, write_dataset
+
+    model = load_model(checkpoint)
+    ds = read_dataset(data)
+    if ds.is_mesh or "x" not in ds.grid:
+        raise DataError(f"{data} has no 1D tensor grid (/grid/x, /grid/t); {type(model).__name__} predicts on (t, x) grids.")
+    x, t = np.asarray(ds.grid["x"], float), np.asarray(ds.grid["t"], float)
+    pred = model.predict_grid(x, t)
+    result = PDEDataset(
+        pde=model.pde.name, u=pred[None], grid={"x": x, "t": t}, params=np.asarray([list(map(float, _numeric(model.pde.params()).values()))]),
+        param_names=list(_numeric(model.pde.params())), common_params=model.pde.params(), generator=f"sciml {__version__} predict ({type(model).__name__})",
+    )
+    write_dataset(out, result)
+    return Path(out)
+
+
+def _numeric(params: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in params.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _device_name(model: L.LightningModule) -> str:
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def versions() -> dict[str, str]:
+    return {"sciml": __version__, "python": platform.python_version(), "torch": torch.__version__, "lightning": L.__version__, "numpy": np.__version__}

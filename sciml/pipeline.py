@@ -61,7 +61,12 @@ def run_experiment(
     model, dm = objs.model, objs.data
     trainer = _trainer(cfg.trainer.as_dict(), out, model)
     t0 = time.perf_counter()
-    trainer.fit(model, datamodule=dm, ckpt_path=resume)
+    try:
+        trainer.fit(model, datamodule=dm, ckpt_path=resume)
+    except SystemExit:  # Lightning turns Ctrl-C into sys.exit(1); keep it an interruption
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
     train_s = time.perf_counter() - t0
     summary = {"experiment": cfg.name, "steps": trainer.global_step, "seconds": {"train": train_s}}
     if not evaluate:
@@ -106,10 +111,10 @@ def evaluate_model(model: L.LightningModule, dm: L.LightningDataModule, out: str
     title = f"{name}: {model.pde.name} {model.pde.params()}"
     plot_solution_maps(dm.x, dm.t, pred, dm.u, out / "solution.png", title=title)
     plot_snapshots(dm.x, dm.t, pred, dm.u, out / "snapshots.png")
-    history = {k: v for k, v in model.history.items() if v}
+    history = {k: v for k, v in getattr(model, "history", {}).items() if v}
     if history:
-        steps = model.opt_cfg
-        switch = steps.adam_steps if 0 < steps.adam_steps < len(history["loss"]) else None
+        adam_steps = getattr(getattr(model, "opt_cfg", None), "adam_steps", 0)
+        switch = adam_steps if 0 < adam_steps < len(history["loss"]) else None
         plot_loss_curve(history, out / "loss.png", switch_step=switch)
     report = {
         "experiment": name,
@@ -117,7 +122,7 @@ def evaluate_model(model: L.LightningModule, dm: L.LightningDataModule, out: str
         "metrics": metrics,
         "per_case": [{"case": model.pde.params(), **metrics}],
         "seconds": {"train": train_seconds, "eval": eval_s},
-        "steps": len(model.history.get("loss", [])),
+        "steps": len(history.get("loss", [])),
         "device": _device_name(model),
         "versions": versions(),
     }
@@ -147,9 +152,10 @@ def predict_to_file(checkpoint: str | Path, data: str | Path, out: str | Path) -
         raise DataError(f"{data} has no 1D tensor grid (/grid/x, /grid/t); {type(model).__name__} predicts on (t, x) grids.")
     x, t = np.asarray(ds.grid["x"], float), np.asarray(ds.grid["t"], float)
     pred = model.predict_grid(x, t)
+    params = _numeric(model.pde.params())
     result = PDEDataset(
-        pde=model.pde.name, u=pred[None], grid={"x": x, "t": t}, params=np.asarray([list(map(float, _numeric(model.pde.params()).values()))]),
-        param_names=list(_numeric(model.pde.params())), common_params=model.pde.params(), generator=f"sciml {__version__} predict ({type(model).__name__})",
+        pde=model.pde.name, u=pred[None], grid={"x": x, "t": t}, params=np.asarray([list(params.values())], dtype=float),
+        param_names=list(params), common_params=model.pde.params(), generator=f"sciml {__version__} predict ({type(model).__name__})",
     )
     write_dataset(out, result)
     return Path(out)

@@ -58,13 +58,25 @@ class LossWeights:
 
 
 class PINN(L.LightningModule):
-    """u(x, t) = MLP(features(x, t)); inputs scaled to [-1, 1] (or (cos x, sin x, t) if periodic)."""
+    """u(x, t) = MLP(features(x, t)).
+
+    Args:
+        pde: the PDE (its residual, domain and initial condition).
+        hidden: widths of the hidden layers.
+        activation: tanh, gelu, silu, relu or sin.
+        normalize_inputs: scale x and t to [-1, 1] before the network. Krishnapriyan et al. feed
+            the raw coordinates (x in [0, 2pi]); set False to reproduce their protocol.
+        periodic_embedding: feed (cos x, sin x, t) instead of x, t: periodicity exact by design.
+        optimizer: Adam then L-BFGS budgets and rates.
+        weights: weights of the IC, BC and PDE loss terms.
+    """
 
     def __init__(
         self,
         pde: PDE,
         hidden: Sequence[int] = (50, 50, 50, 50),
         activation: str = "tanh",
+        normalize_inputs: bool = True,
         periodic_embedding: bool = False,
         optimizer: OptimizerConfig | None = None,
         weights: LossWeights | None = None,
@@ -76,6 +88,7 @@ class PINN(L.LightningModule):
         if periodic_embedding and not pde.domain.periodic:
             raise ValueError(f"periodic_embedding=True needs a periodic PDE; {pde.name} is not")
         self.periodic_embedding = periodic_embedding
+        self.normalize_inputs = normalize_inputs
         self.net = MLP(3 if periodic_embedding else 2, 1, hidden, activation)
         (self.x_lo, self.x_hi), = pde.domain.space
         self.t_lo, self.t_hi = pde.domain.time
@@ -84,6 +97,7 @@ class PINN(L.LightningModule):
                 "pde": pde.to_config(),
                 "hidden": [int(h) for h in hidden],
                 "activation": activation,
+                "normalize_inputs": normalize_inputs,
                 "periodic_embedding": periodic_embedding,
                 "optimizer": asdict(self.opt_cfg),
                 "weights": asdict(self.loss_weights),
@@ -104,12 +118,12 @@ class PINN(L.LightningModule):
     # -- the network -------------------------------------------------------------------------
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """u at points x, t (both [n]) -> [n]."""
-        ts = 2 * (t - self.t_lo) / (self.t_hi - self.t_lo) - 1
+        ts = 2 * (t - self.t_lo) / (self.t_hi - self.t_lo) - 1 if self.normalize_inputs else t
         if self.periodic_embedding:
             phase = 2 * math.pi * (x - self.x_lo) / (self.x_hi - self.x_lo)
             feats = torch.stack([torch.cos(phase), torch.sin(phase), ts], dim=-1)
         else:
-            xs = 2 * (x - self.x_lo) / (self.x_hi - self.x_lo) - 1
+            xs = 2 * (x - self.x_lo) / (self.x_hi - self.x_lo) - 1 if self.normalize_inputs else x
             feats = torch.stack([xs, ts], dim=-1)
         return self.net(feats).squeeze(-1)
 
@@ -141,7 +155,10 @@ class PINN(L.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         terms = self.loss_terms(batch)
         if self._step_terms is None:  # L-BFGS evaluates the closure several times per step
+            # Recorded here, not in on_train_batch_end, so that a checkpoint saved at the end of
+            # this step (callbacks run before the module's hook) already holds this entry.
             self._step_terms = {k: float(v.detach()) for k, v in terms.items()}
+            self._record(self._step_terms)
         return terms["loss"]
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
@@ -149,9 +166,8 @@ class PINN(L.LightningModule):
         if self.global_step == self.opt_cfg.adam_steps and isinstance(self.optimizers().optimizer, torch.optim.Adam):
             self.trainer.strategy.setup_optimizers(self.trainer)
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        terms = self._step_terms or {}
-        loss = terms.get("loss", float("nan"))
+    def _record(self, terms: dict[str, float]) -> None:
+        loss = terms["loss"]
         if not math.isfinite(loss):
             raise TrainingError(
                 f"the PINN loss became {loss} at step {self.global_step}; lower optimizer.adam_lr "
@@ -174,7 +190,10 @@ class PINN(L.LightningModule):
         cfg = self.opt_cfg
         if self._in_lbfgs_phase():
             return torch.optim.LBFGS(
-                self.parameters(), lr=cfg.lbfgs_lr, max_iter=1, history_size=cfg.lbfgs_history,
+                # One iteration per Lightning step. max_eval must leave room for the line search:
+                # torch's default (max_iter * 5 // 4 = 1) gives it no evaluations, so every step
+                # would return t = 0 and training would freeze.
+                self.parameters(), lr=cfg.lbfgs_lr, max_iter=1, max_eval=1 + _MAX_LINE_SEARCH, history_size=cfg.lbfgs_history,
                 tolerance_grad=1e-12, tolerance_change=1e-14, line_search_fn="strong_wolfe",
             )
         return torch.optim.Adam(self.parameters(), lr=cfg.adam_lr)
@@ -191,6 +210,9 @@ class PINN(L.LightningModule):
     def from_hparams(cls, hparams: dict) -> PINN:
         hp = dict(hparams)
         return cls(pde=pde_from_config(hp.pop("pde")), **hp)
+
+
+_MAX_LINE_SEARCH = 25  # function evaluations a strong-Wolfe line search may take
 
 
 def _as(cls, value):

@@ -1,0 +1,187 @@
+"""The PINN module: its loss, its optimisers (Adam -> L-BFGS), training, resume and the pipeline."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from sciml.data import CollocationDataModule
+from sciml.models import PINN, load_model
+from sciml.models.pinn import OptimizerConfig
+from sciml.pdes import Convection, Reaction
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCIML_DATA_DIR", str(tmp_path / "data"))
+    return tmp_path / "data"
+
+
+def _fit(model, dm, steps, **trainer_kwargs):
+    trainer = L.Trainer(
+        max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, **trainer_kwargs,
+    )
+    trainer.fit(model, datamodule=dm)
+    return trainer
+
+
+def test_loss_is_zero_for_the_exact_solution(data_dir):
+    """Every loss term vanishes when the network is replaced by the exact solution sin(x - beta t)."""
+    pde = Convection(beta=3.0)
+    dm = CollocationDataModule(pde, nx=64, nt=20, n_collocation=200)
+    dm.prepare_data()
+    dm.setup()
+    batch = {k: v.double() for k, v in dm.batch().items()}
+    model = PINN(pde, hidden=[4]).double()
+    model.forward = lambda x, t: torch.sin(x - 3.0 * t)  # type: ignore[method-assign]
+    terms = model.loss_terms(batch)
+    for name in ("ic", "bc", "pde"):
+        assert float(terms[name]) < 1e-10, (name, float(terms[name]))
+    model.forward = lambda x, t: torch.sin(x - 2.0 * t)  # wrong speed: the residual says so
+    assert float(model.loss_terms(batch)["pde"]) > 0.1
+
+
+def test_lbfgs_keeps_making_progress(data_dir):
+    """Regression: with max_iter=1 per step torch's default max_eval left the line search no
+    evaluation, so every step returned t = 0 and the loss froze after a few dozen steps."""
+    L.seed_everything(0, verbose=False)
+    pde = Convection(beta=1.0)
+    dm = CollocationDataModule(pde, nx=64, nt=20, n_collocation=300)
+    model = PINN(pde, hidden=[20, 20], optimizer=OptimizerConfig(lbfgs_steps=150, stall_patience=0))
+    _fit(model, dm, model.total_steps)
+    loss = np.asarray(model.history["loss"])
+    assert len(loss) == 150
+    assert loss[-1] < 1e-3 * loss[0]
+    assert loss[-1] < loss[100]  # still improving late in training, not frozen
+    dm.setup()
+    pred = model.predict_grid(dm.x, dm.t)
+    assert np.linalg.norm(pred - dm.u) / np.linalg.norm(dm.u) < 0.05
+
+
+def test_adam_then_lbfgs_switches_optimizer(data_dir):
+    L.seed_everything(0, verbose=False)
+    pde = Reaction(rho=1.0)
+    dm = CollocationDataModule(pde, nx=32, nt=10, n_collocation=100)
+    model = PINN(pde, hidden=[8], optimizer=OptimizerConfig(adam_steps=5, lbfgs_steps=4, stall_patience=0))
+    seen = []
+
+    class Spy(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            seen.append(type(trainer.optimizers[0]).__name__)
+
+    _fit(model, dm, model.total_steps, callbacks=[Spy()])
+    assert seen == ["Adam"] * 5 + ["LBFGS"] * 4
+    assert len(model.history["loss"]) == 9
+
+
+def test_nonfinite_loss_stops_with_a_clear_error(data_dir):
+    from sciml.errors import TrainingError
+
+    pde = Convection(beta=1.0)
+    dm = CollocationDataModule(pde, nx=32, nt=10, n_collocation=100)
+    model = PINN(pde, hidden=[8], optimizer=OptimizerConfig(adam_steps=3, adam_lr=1e30, lbfgs_steps=0))
+    with pytest.raises(TrainingError, match="adam_lr"):
+        _fit(model, dm, model.total_steps)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"adam_steps": -1}, "adam_steps"),
+    ({"adam_steps": 0, "lbfgs_steps": 0}, "at least one"),
+    ({"lbfgs_lr": 0.0}, "lbfgs_lr"),
+])
+def test_bad_optimizer_settings_are_rejected(bad, message):
+    with pytest.raises(ValueError, match=message):
+        OptimizerConfig(**bad)
+
+
+def test_periodic_embedding_is_exactly_periodic():
+    pde = Convection(beta=1.0)
+    model = PINN(pde, hidden=[8], periodic_embedding=True).double()
+    t = torch.linspace(0, 1, 7, dtype=torch.float64)
+    lo = model(torch.zeros_like(t), t)
+    hi = model(torch.full_like(t, 2 * np.pi), t)
+    assert torch.allclose(lo, hi, atol=1e-12)
+
+
+def test_raw_inputs_feed_the_coordinates_unscaled():
+    pde = Convection(beta=1.0)
+    model = PINN(pde, hidden=[4], normalize_inputs=False).double()
+    seen = {}
+    model.net.register_forward_hook(lambda m, args, out: seen.update(x=args[0]))
+    model(torch.tensor([np.pi], dtype=torch.float64), torch.tensor([0.5], dtype=torch.float64))
+    assert seen["x"].tolist() == [[np.pi, 0.5]]
+    scaled = PINN(pde, hidden=[4]).double()
+    scaled.net.register_forward_hook(lambda m, args, out: seen.update(x=args[0]))
+    scaled(torch.tensor([np.pi], dtype=torch.float64), torch.tensor([0.5], dtype=torch.float64))
+    assert np.allclose(seen["x"].tolist(), [[0.0, 0.0]])
+
+
+def _write_config(tmp_path, steps):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(
+        "name: small\nseed: 0\n"
+        "pde: {class_path: sciml.pdes.Convection, init_args: {beta: 1.0}}\n"
+        "data: {class_path: sciml.data.CollocationDataModule, init_args: {nx: 64, nt: 20, n_collocation: 200}}\n"
+        f"model: {{class_path: sciml.models.PINN, init_args: {{hidden: [16, 16], optimizer: {{lbfgs_steps: {steps}, stall_patience: 0}}}}}}\n"
+        "trainer: {accelerator: cpu}\n"
+    )
+    return cfg
+
+
+def test_pipeline_writes_the_run_folder_and_predicts(tmp_path, data_dir):
+    from sciml.data.schema import read_dataset
+    from sciml.pipeline import predict_to_file, run_experiment
+
+    out = tmp_path / "run"
+    report = run_experiment(_write_config(tmp_path, 40), out=out)
+    for name in ("config.yaml", "metrics.json", "solution.png", "snapshots.png", "loss.png", "checkpoints/last.ckpt"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["metrics"]["rel_l2"] == pytest.approx(report["metrics"]["rel_l2"])
+    assert saved["steps"] == 40 and saved["model"] == "pinn"
+    assert set(saved) >= {"experiment", "model", "metrics", "per_case", "seconds", "device", "versions"}
+
+    # predict from the checkpoint on the reference grid: same numbers as the evaluation
+    reference = next(data_dir.glob("convection-*.h5"))
+    pred_file = predict_to_file(out / "checkpoints" / "last.ckpt", reference, tmp_path / "pred.h5")
+    pred, true = read_dataset(pred_file).u[0], read_dataset(reference).u[0]
+    assert np.linalg.norm(pred - true) / np.linalg.norm(true) == pytest.approx(report["metrics"]["rel_l2"], rel=1e-5)
+    assert isinstance(load_model(out / "checkpoints" / "last.ckpt"), PINN)
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, data_dir, monkeypatch):
+    """A run killed after its step-100 checkpoint leaves no metrics.json; rerunning resumes from
+    the checkpoint (not from scratch) and ends where an uninterrupted run ends."""
+    import sciml.pipeline as pipeline
+
+    cfg = _write_config(tmp_path, 160)
+    full = pipeline.run_experiment(cfg, out=tmp_path / "full")
+
+    make_trainer = pipeline._trainer
+
+    class Kill(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 130:
+                raise KeyboardInterrupt
+
+    def killing_trainer(kwargs, out, model):
+        trainer = make_trainer(kwargs, out, model)
+        trainer.callbacks.append(Kill())
+        return trainer
+
+    monkeypatch.setattr(pipeline, "_trainer", killing_trainer)
+    out = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_experiment(cfg, out=out)
+    assert not (out / "metrics.json").exists()
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 100
+
+    monkeypatch.setattr(pipeline, "_trainer", make_trainer)
+    resumed = pipeline.run_experiment(cfg, out=out)
+    assert resumed["steps"] == 160
+    assert resumed["metrics"]["rel_l2"] == pytest.approx(full["metrics"]["rel_l2"], rel=1e-4)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -76,12 +77,20 @@ def pde_from_config(config: Mapping[str, Any]) -> PDE:
 
     Only subclasses of :class:`PDE` are built, so a checkpoint cannot name arbitrary callables.
     """
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"a PDE config must be a mapping {{class_path: ..., init_args: {{...}}}}, got {config!r}")
     path = str(config.get("class_path", ""))
     module_name, _, cls_name = path.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module_name), cls_name)
     except (ImportError, AttributeError, ValueError) as exc:
         raise ConfigError(f"unknown PDE class_path {path!r}: {exc}. Use one of sciml.pdes.*") from exc
-    if not (isinstance(cls, type) and issubclass(cls, PDE)):
-        raise ConfigError(f"class_path {path!r} is not a sciml PDE (a subclass of sciml.pdes.PDE)")
-    return cls(**dict(config.get("init_args", {})))
+    if not (isinstance(cls, type) and issubclass(cls, PDE)) or inspect.isabstract(cls):
+        raise ConfigError(f"class_path {path!r} is not a concrete sciml PDE (a subclass of sciml.pdes.PDE, e.g. sciml.pdes.Convection)")
+    init_args = config.get("init_args") or {}
+    if not isinstance(init_args, Mapping):
+        raise ConfigError(f"init_args of {path!r} must be a mapping of parameters, got {init_args!r}")
+    valid = list(inspect.signature(cls).parameters)
+    if unknown := sorted(set(init_args) - set(valid)):
+        raise ConfigError(f"{cls.__name__} has no parameter {unknown[0]!r}; its parameters are {', '.join(valid)}.")
+    return cls(**init_args)

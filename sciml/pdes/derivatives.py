@@ -25,7 +25,12 @@ def autograd_fields(u_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: Tens
     out = {"u": u}
 
     def grad(y: Tensor, wrt: Tensor) -> Tensor:
-        return torch.autograd.grad(y, wrt, torch.ones_like(y), create_graph=True)[0]
+        # A field that does not depend on `wrt` (u constant in x, or u_x of a u linear in x)
+        # has no graph to it; its derivative is zero, not an autograd error.
+        if not y.requires_grad:
+            return torch.zeros_like(wrt)
+        (dy,) = torch.autograd.grad(y, wrt, torch.ones_like(y), create_graph=True, allow_unused=True)
+        return torch.zeros_like(wrt) if dy is None else dy
 
     if "u_t" in names:
         out["u_t"] = grad(u, t)

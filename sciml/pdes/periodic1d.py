@@ -12,8 +12,10 @@ Reference solutions come from :mod:`sciml.data.generators.spectral`.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from torch import Tensor
@@ -30,19 +32,29 @@ def _spectral():
     return spectral
 
 
-def _check_nonnegative(owner: object, name: str, value: float) -> None:
-    if not value >= 0:
-        raise ConfigError(f"{type(owner).__name__}: `{name}` (={value}) must be >= 0.")
+def _check_real(owner: object, name: str, *, nonnegative: bool = False) -> None:
+    """Check a parameter that may come from YAML, the command line or numpy, and store it as a
+    plain float so that configs and checkpoints (loaded with weights_only=True) hold no numpy."""
+    cls, value = type(owner).__name__, getattr(owner, name)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{cls}: `{name}` (={value!r}) must be a real number, e.g. {name}=1.0.")
+    if not math.isfinite(value):
+        raise ConfigError(f"{cls}: `{name}` (={value}) must be finite.")
+    if nonnegative and value < 0:
+        raise ConfigError(f"{cls}: `{name}` (={value}) must be >= 0.")
+    object.__setattr__(owner, name, float(value))  # the dataclass is frozen
 
 
-def _check_ic(owner: object, ic: str) -> None:
-    names = _spectral().INITIAL_CONDITIONS
-    if ic not in names:
-        raise ConfigError(f"{type(owner).__name__}: unknown initial condition `ic` (={ic!r}); choose one of {sorted(names)}.")
+def _check_ic(owner: _Periodic1D) -> None:
+    names = type(owner).initial_conditions
+    if owner.ic not in names:
+        raise ConfigError(f"{type(owner).__name__}: `ic` (={owner.ic!r}) is not one of its initial conditions; choose one of {sorted(names)}.")
 
 
 class _Periodic1D(PDE):
     ic: str
+    # Named initial conditions of the spectral module this PDE can start from.
+    initial_conditions: ClassVar[tuple[str, ...]] = ("sine", "gaussian")
 
     @property
     def domain(self) -> Domain:
@@ -65,7 +77,8 @@ class Convection(_Periodic1D):
     fields = ("u", "u_t", "u_x")
 
     def __post_init__(self) -> None:
-        _check_ic(self, self.ic)
+        _check_real(self, "beta")
+        _check_ic(self)
 
     def residual(self, f: Mapping[str, Tensor]) -> Tensor:
         return f["u_t"] + self.beta * f["u_x"]
@@ -85,8 +98,9 @@ class ConvectionDiffusion(_Periodic1D):
     fields = ("u", "u_t", "u_x", "u_xx")
 
     def __post_init__(self) -> None:
-        _check_nonnegative(self, "nu", self.nu)
-        _check_ic(self, self.ic)
+        _check_real(self, "beta")
+        _check_real(self, "nu", nonnegative=True)
+        _check_ic(self)
 
     def residual(self, f: Mapping[str, Tensor]) -> Tensor:
         return f["u_t"] + self.beta * f["u_x"] - self.nu * f["u_xx"]
@@ -105,7 +119,8 @@ class Reaction(_Periodic1D):
     fields = ("u", "u_t")
 
     def __post_init__(self) -> None:
-        _check_ic(self, self.ic)
+        _check_real(self, "rho")
+        _check_ic(self)
 
     def residual(self, f: Mapping[str, Tensor]) -> Tensor:
         u = f["u"]
@@ -126,8 +141,9 @@ class ReactionDiffusion(_Periodic1D):
     fields = ("u", "u_t", "u_xx")
 
     def __post_init__(self) -> None:
-        _check_nonnegative(self, "nu", self.nu)
-        _check_ic(self, self.ic)
+        _check_real(self, "rho")
+        _check_real(self, "nu", nonnegative=True)
+        _check_ic(self)
 
     def residual(self, f: Mapping[str, Tensor]) -> Tensor:
         u = f["u"]
@@ -146,10 +162,14 @@ class Burgers(_Periodic1D):
     offset: float = 0.0
     name = "burgers"
     fields = ("u", "u_t", "u_x", "u_xx")
+    initial_conditions = ("sine", "gaussian", "sine_offset")
 
     def __post_init__(self) -> None:
-        _check_nonnegative(self, "nu", self.nu)
-        _check_ic(self, self.ic)
+        _check_real(self, "nu", nonnegative=True)
+        _check_real(self, "offset")
+        _check_ic(self)
+        if self.offset != 0 and self.ic != "sine_offset":
+            raise ConfigError(f"Burgers: `offset` (={self.offset}) only applies to ic='sine_offset', but `ic` is {self.ic!r}; set ic=sine_offset or drop offset.")
 
     def residual(self, f: Mapping[str, Tensor]) -> Tensor:
         return f["u_t"] + f["u"] * f["u_x"] - self.nu * f["u_xx"]

@@ -9,7 +9,9 @@ Generation writes one sample at a time and resumes where a killed run stopped.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from rich.progress import Progress
 
 from ... import __version__
 from ...errors import ConfigError
-from ...pdes import PDE, Burgers, Convection, ConvectionDiffusion, Reaction, ReactionDiffusion
+from ...pdes import PDE, Burgers, Convection, ConvectionDiffusion, Reaction, ReactionDiffusion, pde_from_config
 from ..schema import DatasetWriter, PDEDataset, shape_only
 from . import spectral
 
@@ -59,19 +61,17 @@ def make_pde(name: str, params: dict[str, Any]) -> PDE:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"unknown generator {name!r}.{hint} Available: {', '.join(GENERATORS)} (see `sciml data generate --list`).")
     cls = GENERATORS[name].pde_class
-    valid = list(inspect.signature(cls).parameters)
-    unknown = [k for k in params if k not in valid]
-    if unknown:
-        raise ConfigError(f"generator {name!r} has no parameter {unknown[0]!r}; its parameters are {', '.join(valid)}.")
-    try:
-        return cls(**params)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"generator {name!r}: {exc}") from exc
+    return pde_from_config({"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": params})
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ConfigError(f"`{name}` (={value!r}) must be an integer >= {minimum}.")
 
 
 def _grid(pde: PDE, nx: int, nt: int) -> tuple[np.ndarray, np.ndarray]:
-    if nx < 4 or nt < 2:
-        raise ConfigError(f"grid too small: nx (={nx}) must be >= 4 and nt (={nt}) >= 2.")
+    _check_int("nx", nx, 4)
+    _check_int("nt", nt, 2)
     (lo, hi), = pde.domain.space
     return lo + spectral.periodic_grid(nx, hi - lo), np.linspace(*pde.domain.time, nt)
 
@@ -111,12 +111,19 @@ def generate(
     sha: str = "",
     progress: bool = True,
 ) -> Path:
-    """Generate ``n`` samples of generator ``name`` into ``out`` (resumable; atomic rename at the end)."""
-    if n < 1:
-        raise ConfigError(f"--n (={n}) must be >= 1.")
+    """Generate ``n`` samples of generator ``name`` into ``out`` (resumable; atomic rename at the end).
+
+    ``sha`` identifies the generating config; by default it is a digest of this call's arguments,
+    so an unfinished ``out.partial`` is only resumed by a run that produces the same samples.
+    """
+    _check_int("n", n, 1)
+    _check_int("seed", seed, 0)
     pde = make_pde(name, params or {})
     x, t = _grid(pde, nx, nt)
-    random_ic = n > 1 if random_ic is None else random_ic
+    random_ic = n > 1 if random_ic is None else bool(random_ic)
+    if not sha:
+        spec = {"generator": name, "params": pde.params(), "n": int(n), "seed": int(seed), "nx": int(nx), "nt": int(nt), "random_ic": random_ic}
+        sha = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
     template = _template(pde, x, t, shape_only((n, nt, nx)), sha=sha, u0=shape_only((n, nx)))
     _, values = _numeric_params(pde)
     with DatasetWriter(out, template) as writer, Progress(disable=not progress) as bar:

@@ -15,16 +15,20 @@ import warnings
 from collections.abc import Sequence
 
 from . import __version__
-from .errors import SciMLError
+from .errors import ConfigError, SciMLError
 
 EXIT_INTERRUPTED = 130
 
 
 def _parser() -> argparse.ArgumentParser:
+    # --debug is accepted before or after the command. The subcommands' copy defaults to SUPPRESS
+    # so that a subcommand not given --debug does not reset `sciml --debug COMMAND` to False.
+    debug_help = "show full tracebacks and Lightning's logs"
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show full tracebacks and Lightning's logs")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
 
-    p = argparse.ArgumentParser(prog="sciml", description="Physics-informed scientific machine learning.", parents=[common])
+    p = argparse.ArgumentParser(prog="sciml", description="Physics-informed scientific machine learning.")
+    p.add_argument("--debug", action="store_true", help=debug_help)
     p.add_argument("--version", action="version", version=f"sciml {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -85,7 +89,13 @@ def _parse_params(items: Sequence[str]) -> dict:
 
     from .config import parse_override
 
-    return {k: yaml.safe_load(v) for k, v in map(parse_override, items)}
+    params = {}
+    for key, value in (parse_override(item, example="beta=30") for item in items):
+        try:
+            params[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"the value of PDE parameter `{key}` (={value!r}) is not valid YAML; give a number, a string or a list such as [1, 2].") from exc
+    return params
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -129,15 +139,33 @@ def _report(result: dict) -> None:
         print(f"{result['experiment']}: trained {result.get('steps')} steps in {result['seconds']['train']:.1f} s")
 
 
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse the command line; ``key=value`` items may also follow the options
+    (``sciml run X.yaml --quick k=v``), which a plain argparse positional list would refuse."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    free = getattr(args, "overrides", getattr(args, "params", None))
+    if extra and free is not None and not any(e.startswith("-") for e in extra):
+        free.extend(extra)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _paragraph(text: str) -> str:
+    """Library messages can span lines (h5py, jsonargparse); a user gets one paragraph."""
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse_args(argv)
     _quiet_libraries(args.debug)
     try:
         return _dispatch(args)
     except SciMLError as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_paragraph(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted: no file was left half-written; rerun the same command to resume.", file=sys.stderr)
@@ -145,7 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # an unexpected failure: short message, traceback with --debug
         if args.debug:
             raise
-        print(f"error: unexpected {type(exc).__name__}: {exc}\nRerun with --debug for the traceback and report it if it looks like a bug.", file=sys.stderr)
+        print(f"error: unexpected {type(exc).__name__}: {_paragraph(str(exc)).rstrip('.')}. Rerun with --debug for the traceback "
+              "and report it if it looks like a bug.", file=sys.stderr)
         return 1
 
 

@@ -6,7 +6,10 @@ The CLI prints ``SciMLError`` messages without a traceback (unless ``--debug``) 
 
 from __future__ import annotations
 
+import difflib
 import importlib
+from collections.abc import Iterable
+from pathlib import Path
 from types import ModuleType
 
 
@@ -28,6 +31,25 @@ class TrainingError(SciMLError):
     """Training produced non-finite values or otherwise could not go on."""
 
     exit_code = 3
+
+
+def did_you_mean(word: str, candidates: Iterable[str], cutoff: float = 0.6) -> str:
+    """`` Did you mean `close`?`` for the candidate closest to `word`, or ``""`` if none is close."""
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=cutoff)
+    return f" Did you mean `{close[0]}`?" if close else ""
+
+
+def did_you_mean_file(path: str | Path, also_under: Iterable[str | Path] = ()) -> str:
+    """A did-you-mean hint for a missing file: a similar name next to it (``run.yml`` ->
+    ``run.yaml``) or, failing that, in the folders `also_under` (searched recursively)."""
+    path = Path(path)
+    folder = path.parent if path.parent.is_dir() else None
+    nearby = [str(p) for p in folder.iterdir() if p.is_file()] if folder else []
+    hint = did_you_mean(str(path), nearby, cutoff=0.5)
+    if hint:
+        return hint
+    further = [str(p) for d in map(Path, also_under) if d.is_dir() for p in d.rglob(f"*{path.suffix}") if p.is_file()]
+    return did_you_mean(str(path), further, cutoff=0.5)
 
 
 def optional_import(module: str, extra: str, feature: str) -> ModuleType:

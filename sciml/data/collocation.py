@@ -70,8 +70,8 @@ class CollocationDataModule(L.LightningDataModule):
     ):
         super().__init__()
         for name, value in (("nx", nx), ("nt", nt), ("n_collocation", n_collocation)):
-            if value < 2:
-                raise ConfigError(f"data.{name} (={value}) must be >= 2.")
+            if value < (4 if name == "nx" else 2):
+                raise ConfigError(f"data.{name} (={value}) must be >= {4 if name == 'nx' else 2}.")
         if n_collocation > nx * nt:
             raise ConfigError(f"data.n_collocation (={n_collocation}) exceeds the nx*nt={nx * nt} grid points; lower it or refine the grid.")
         if n_boundary is not None and not 1 <= n_boundary <= nt:
@@ -82,10 +82,13 @@ class CollocationDataModule(L.LightningDataModule):
         self.sample, self.seed = sample, seed
         self.generator_config = {"pde": pde.to_config(), "nx": nx, "nt": nt}
         self.path = Path(path) if path else data_dir() / f"{pde.name}-{config_sha(self.generator_config)[:10]}.h5"
+        self._explicit_path = bool(path)
         self.x = self.t = self.u = None
 
     def prepare_data(self) -> None:
         if not self.path.exists():
+            if self._explicit_path:  # say so: a mistyped path to the user's own file lands here
+                print(f"data.path {self.path} does not exist: generating the {self.pde.name} reference solution into it")
             ds = reference_dataset(self.pde, nx=self.nx, nt=self.nt)
             ds.config_sha = config_sha(self.generator_config)
             write_dataset(self.path, ds)

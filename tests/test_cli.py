@@ -1,0 +1,343 @@
+"""The `sciml` command as a user meets it: bad input of any kind ends in one short paragraph on
+stderr that names the offending value and the fix, a non-zero exit code and no traceback
+(unless --debug); a run folder's config.yaml reproduces its run.
+
+Most cases call `sciml.cli.main` in-process (the imports cost seconds per subprocess); a few
+run the installed console script end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sciml import _io, cli
+from sciml.errors import ConfigError, DataError
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "experiments" / "quickstart.yaml"
+SCIML = Path(sys.executable).with_name("sciml")
+# A quick run smaller still than --quick: a few L-BFGS steps on a coarse reference grid.
+TINY = ["model.optimizer.lbfgs_steps=5", "data.nx=32", "data.nt=16", "data.n_collocation=100"]
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """Generated data and default run folders go to a temp dir (even if a check below broke),
+    and `main` leaves the test process's env as it was."""
+    monkeypatch.setenv("SCIML_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PYTHONWARNINGS", raising=False)  # restored after main's setdefault
+
+
+def sciml(capsys, *argv: str | Path) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `sciml ARGV` run in-process."""
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse's own usage errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_clean_error(code: int, err: str, *needles: str) -> None:
+    """A user-facing failure: non-zero exit, one short `error:` paragraph naming `needles`."""
+    assert code not in (0, None), err
+    assert "Traceback" not in err
+    message = err.strip()
+    assert message.startswith("error: "), err
+    assert "\n" not in message and len(message) < 600, err
+    for needle in needles:
+        assert needle in message, f"{needle!r} not in {message!r}"
+
+
+def run_sciml(*argv: str | Path, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SCIML_DATA_DIR": str(cwd / "data")}
+    return subprocess.run([str(SCIML), *map(str, argv)], capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+
+
+def write_experiment(path: Path, replace: tuple[str, str] = ("", "")) -> Path:
+    path.write_text(QUICKSTART.read_text().replace(*replace))
+    return path
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """A small valid dataset file written by `sciml data generate`."""
+    path = tmp_path_factory.mktemp("datasets") / "convection.h5"
+    assert cli.main(["data", "generate", "convection", "--out", str(path), "--nx", "32", "--nt", "8"]) == 0
+    return path
+
+
+# -- a missing or unreadable experiment file ------------------------------------------------
+def test_missing_experiment_file_is_named(capsys):
+    code, _, err = sciml(capsys, "run", "missing.yaml")
+    assert code == ConfigError.exit_code
+    assert_clean_error(code, err, "'missing.yaml'", "does not exist")
+    assert "Did you mean" not in err
+
+
+def test_missing_experiment_file_suggests_a_similar_one(capsys, tmp_path):
+    write_experiment(tmp_path / "convection.yaml")
+    code, _, err = sciml(capsys, "run", "convection.yml")
+    assert_clean_error(code, err, "'convection.yml'", "Did you mean `convection.yaml`?")
+
+
+def test_missing_shipped_experiment_suggests_the_shipped_one(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    code, _, err = sciml(capsys, "run", "experiments/quickstrat.yaml")
+    assert_clean_error(code, err, "Did you mean `experiments/quickstart.yaml`?")
+
+
+@pytest.mark.parametrize(
+    ("content", "needles"),
+    [
+        ("name: [1\n", ["not valid YAML", "line 2"]),
+        ("- a list\n", ["must hold a mapping", "list"]),
+        (b"\x89HDF\r\n\x1a\n\xff\xfe", ["cannot read"]),
+    ],
+    ids=["syntax", "not-a-mapping", "binary"],
+)
+def test_malformed_experiment_file(capsys, tmp_path, content, needles):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    code, _, err = sciml(capsys, "run", path, "--out", tmp_path / "run")
+    assert_clean_error(code, err, str(path), *needles)
+
+
+def test_folder_given_as_experiment(capsys, tmp_path):
+    code, _, err = sciml(capsys, "run", tmp_path)
+    assert_clean_error(code, err, str(tmp_path), "is a folder")
+
+
+# -- unknown keys: did-you-mean names the right key ---------------------------------------------
+@pytest.mark.parametrize(
+    ("replace", "overrides", "needles"),
+    [
+        (("trainer:", "trainr:"), [], ["`trainr`", "Did you mean `trainer`?"]),
+        (("hidden:", "hiden:"), [], ["`model.hiden`", "Did you mean `model.hidden`?"]),
+        (("", ""), ["model.init_args.hiden=[3]"], ["`model.hiden`", "Did you mean `model.hidden`?"]),
+        (("", ""), ["trainr.max_epochs=3"], ["`trainr`", "Did you mean `trainer`?"]),
+        (("", ""), ["trainer.max_epocs=3"], ["`trainer.max_epocs`", "Did you mean `trainer.max_epochs`?"]),
+        (("", ""), ["model.optimizer.lbfgs_stepz=3"], ["Did you mean `model.optimizer.lbfgs_steps`?"]),
+        (("", ""), ["pde.bet=3"], ["`pde.bet`", "Did you mean `pde.beta`?"]),
+        (("accelerator: cpu", "acelerator: cpu"), [], ["Did you mean `trainer.accelerator`?"]),
+        (("sciml.models.PINN", "sciml.models.PIN"), [], ["'sciml.models.PIN'", "Did you mean `sciml.models.PINN`?"]),
+    ],
+    ids=["top-level-in-file", "init-arg-in-file", "init-arg-override", "top-level-override", "trainer-override",
+         "nested-dataclass", "pde", "trainer-in-file", "class_path"],
+)
+def test_unknown_key_suggests_the_right_one(capsys, tmp_path, replace, overrides, needles):
+    config = write_experiment(tmp_path / "exp.yaml", replace)
+    code, _, err = sciml(capsys, "run", config, *overrides, "--out", tmp_path / "run")
+    assert code == ConfigError.exit_code
+    assert_clean_error(code, err, *needles)
+    assert not (tmp_path / "run").exists(), "a config that does not parse must not touch the run folder"
+
+
+# -- wrong types -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("override", "needles"),
+    [
+        ("trainer.max_epochs=abc", ["`trainer.max_epochs`", "expected an integer", "'abc'"]),
+        ("seed=1.5", ["`seed`", "expected an integer", "'1.5'"]),
+        ("pde.beta=fast", ["`pde.beta`", "expected a number", "'fast'"]),
+        ("model.hidden=abc", ["`model.hidden`", "expected a list", "'abc'"]),
+        ("model.normalize_inputs=maybe", ["`model.normalize_inputs`", "true or false", "'maybe'"]),
+        ("model.optimizer.lbfgs_steps=many", ["`model.optimizer.lbfgs_steps`", "expected an integer", "'many'"]),
+    ],
+)
+def test_wrong_type_names_key_value_and_expected_type(capsys, tmp_path, override, needles):
+    code, _, err = sciml(capsys, "run", QUICKSTART, override, "--out", tmp_path / "run")
+    assert_clean_error(code, err, *needles, f"{override.split('=')[0]}=VALUE")
+
+
+def test_override_without_equals_sign(capsys, tmp_path):
+    code, _, err = sciml(capsys, "run", QUICKSTART, "--out", tmp_path / "run", "max_steps")
+    assert_clean_error(code, err, "'max_steps'", "key=value")
+
+
+# -- sizes out of range: checked by the constructors ------------------------------------------
+@pytest.mark.parametrize(
+    ("override", "needles"),
+    [
+        ("data.n_collocation=-5", ["`data`", "data.n_collocation (=-5)", ">= 2"]),
+        ("data.nx=-1", ["`data`", "data.nx (=-1)", ">= 4"]),
+        ("model.hidden=[-3]", ["`model`", "`hidden` (=[-3])", "positive integer layer widths"]),
+        ("model.hidden=[]", ["`model`", "`hidden` (=[])", "positive integer layer widths"]),
+        ("model.hidden=[32,0]", ["`model`", "`hidden` (=[32, 0])"]),
+        ("model.optimizer.lbfgs_steps=-1", ["`model`", "lbfgs_steps (=-1)", ">= 0"]),
+        ("model.activation=tanhh", ["`model`", "'tanhh'", "'tanh'"]),
+    ],
+)
+def test_size_out_of_range_names_key_and_value(capsys, tmp_path, override, needles):
+    code, _, err = sciml(capsys, "run", QUICKSTART, override, "--out", tmp_path / "run")
+    assert code == ConfigError.exit_code
+    assert_clean_error(code, err, *needles)
+    assert "Namespace(" not in err  # jsonargparse's dump of the whole section is noise
+
+
+@pytest.mark.parametrize("name", ["", "a/b", ".."])
+def test_name_must_be_a_folder_name(capsys, tmp_path, name):
+    code, _, err = sciml(capsys, "run", QUICKSTART, f"name={name}", *TINY)
+    assert_clean_error(code, err, f"`name` (={name!r})", "runs/NAME")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_value_leaves_a_finished_run_folder_alone(capsys, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"metrics": {}}')
+    code, _, err = sciml(capsys, "run", QUICKSTART, "data.nx=-1", "--out", out)
+    assert_clean_error(code, err, "data.nx (=-1)")
+    assert (out / "metrics.json").exists() and not (out / "config.yaml").exists()
+
+
+# -- dataset files -----------------------------------------------------------------------------
+def test_data_info_summarises_a_good_file(capsys, dataset):
+    code, out, err = sciml(capsys, "data", "info", dataset)
+    assert code == 0, err
+    assert str(dataset) in out
+    rows = dict(line.split(None, 1) for line in out.splitlines() if line and not line.startswith(("grid", "param", "common", "config")))
+    assert rows["pde"].startswith("convection")
+    assert rows["samples"] == "1"
+    assert rows["u"].startswith("float64 [1, 8, 32]")
+
+
+def test_data_info_refuses_a_truncated_file(capsys, dataset, tmp_path):
+    truncated = tmp_path / "truncated.h5"
+    data = dataset.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    code, _, err = sciml(capsys, "data", "info", truncated)
+    assert code == DataError.exit_code
+    assert_clean_error(code, err, str(truncated), "truncated", "sciml data generate")
+
+
+def test_data_info_refuses_a_file_that_is_not_hdf5(capsys, tmp_path):
+    text = tmp_path / "notes.h5"
+    text.write_text("u, t, x\n1, 2, 3\n")
+    code, _, err = sciml(capsys, "data", "info", text)
+    assert_clean_error(code, err, str(text), "not a readable HDF5 file")
+
+
+def test_data_info_on_a_missing_file(capsys, tmp_path):
+    missing = tmp_path / "nowhere.h5"
+    code, _, err = sciml(capsys, "data", "info", missing)
+    assert_clean_error(code, err, str(missing), "does not exist", "sciml data generate")
+
+
+@pytest.mark.parametrize(
+    ("argv", "needles"),
+    [
+        (["nosuch"], ["'nosuch'", "convection"]),
+        (["convection", "bet=3"], ["'bet'", "beta"]),
+        (["convection", "beta=[1"], ["`beta`", "'[1'"]),
+        (["convection", "beta"], ["'beta'", "key=value", "beta=30"]),
+        (["convection", "--nx", "-1"], ["`nx` (=-1)"]),
+    ],
+)
+def test_data_generate_bad_input(capsys, tmp_path, argv, needles):
+    code, _, err = sciml(capsys, "data", "generate", *argv, "--out", tmp_path / "x.h5")
+    assert_clean_error(code, err, *needles)
+    assert not (tmp_path / "x.h5").exists()
+
+
+# -- --debug, interrupts and unexpected errors ------------------------------------------------
+@pytest.mark.parametrize("argv", [["--debug", "run", "missing.yaml"], ["run", "--debug", "missing.yaml"], ["run", "missing.yaml", "--debug"]])
+def test_debug_lets_the_error_through_wherever_the_flag_is(argv):
+    with pytest.raises(ConfigError, match="missing.yaml"):
+        cli.main(argv)
+
+
+def test_interrupt_exits_130_without_traceback(capsys, monkeypatch):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_dispatch", interrupted)
+    code, _, err = sciml(capsys, "data", "info", "x.h5")
+    assert code == cli.EXIT_INTERRUPTED
+    assert "interrupted" in err and "Traceback" not in err
+
+
+def test_unexpected_error_is_short_and_points_to_debug(capsys, monkeypatch):
+    def broken(args):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(cli, "_dispatch", broken)
+    code, _, err = sciml(capsys, "data", "info", "x.h5")
+    assert_clean_error(code, err, "ZeroDivisionError", "--debug")
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["--debug", "data", "info", "x.h5"])
+
+
+def test_console_script_end_to_end(tmp_path):
+    """The installed `sciml`: clean message and exit 2 by default, the traceback with --debug."""
+    missing = tmp_path / "missing.yaml"
+    plain = run_sciml("run", missing, cwd=tmp_path)
+    assert plain.returncode == 2
+    assert "Traceback" not in plain.stderr
+    assert plain.stderr.startswith(f"error: experiment file '{missing}' does not exist")
+    debug = run_sciml("--debug", "run", missing, cwd=tmp_path)
+    assert debug.returncode != 0
+    assert "Traceback" in debug.stderr and "ConfigError" in debug.stderr
+
+
+def test_console_script_on_a_corrupt_dataset(tmp_path):
+    corrupt = tmp_path / "corrupt.h5"
+    corrupt.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(200))
+    result = run_sciml("data", "info", corrupt, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: {corrupt} is not a readable HDF5 file")
+
+
+# -- a run folder reproduces its run -----------------------------------------------------------
+def test_resolved_config_reruns_to_the_same_metrics(capsys, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    # Options before and after the overrides: both orders must parse.
+    code, out, err = sciml(capsys, "run", QUICKSTART, "--quick", *TINY[:2], "--out", first, *TINY[2:])
+    assert code == 0, err
+    assert out.strip().splitlines()[-1].startswith("quickstart: rel_l2=")
+    config = (first / "config.yaml").read_text()
+    assert "lbfgs_steps: 5" in config  # the override beats the file's `quick` (30 steps)
+
+    code, _, err = sciml(capsys, "run", first / "config.yaml", "--quick", "--out", second)
+    assert code == 0, err
+    assert (second / "config.yaml").read_text() == config
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (first, second))
+    assert a["metrics"] == b["metrics"]
+    assert a["steps"] == b["steps"] == 5
+    assert not [p.name for p in first.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_metrics_are_written_atomically(tmp_path, monkeypatch):
+    """A process killed while writing leaves the previous complete file and no temp files."""
+    path = tmp_path / "metrics.json"
+    _io.atomic_write_json(path, {"metrics": {"rel_l2": 0.5}})
+
+    def killed(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_io.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _io.atomic_write_json(path, {"metrics": {"rel_l2": 0.1}})
+    assert json.loads(path.read_text()) == {"metrics": {"rel_l2": 0.5}}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_out_must_be_a_folder(capsys, tmp_path):
+    target = tmp_path / "afile"
+    target.write_text("x")
+    code, _, err = sciml(capsys, "run", QUICKSTART, *TINY, "--out", target)
+    assert_clean_error(code, err, str(target), "give --out a folder")
+    assert target.read_text() == "x"
+
+
+def test_negative_threads_is_refused(capsys, tmp_path):
+    code, _, err = sciml(capsys, "run", QUICKSTART, "threads=-2", *TINY, "--out", tmp_path / "r")
+    assert_clean_error(code, err, "`threads` (=-2)")

@@ -1,0 +1,44 @@
+"""Experiment configs: every shipped experiment parses, its resolved dump parses back to itself,
+and --quick is applied once (command-line overrides win over the file's `quick`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sciml.config import dump_config, load_config
+from sciml.errors import ConfigError
+
+EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("quick", [False, True], ids=["full", "quick"])
+@pytest.mark.parametrize("experiment", EXPERIMENTS, ids=lambda p: p.stem)
+def test_resolved_config_parses_back_to_itself(tmp_path, experiment, quick):
+    parser, cfg = load_config(experiment, quick=quick)
+    resolved = tmp_path / "config.yaml"
+    resolved.write_text(dump_config(parser, cfg))
+    # `sciml run DIR/config.yaml` reproduces the run; so does adding --quick to a quick run's.
+    for again in (False, True) if quick else (False,):
+        parser2, cfg2 = load_config(resolved, quick=again)
+        assert dump_config(parser2, cfg2) == resolved.read_text()
+
+
+def test_quick_overrides_apply_and_command_line_wins(tmp_path):
+    experiment = tmp_path / "exp.yaml"
+    source = EXPERIMENTS[0].read_text()
+    experiment.write_text(source.rsplit("quick:", 1)[0] + "quick:\n  trainer.max_steps: 7\n  seed: 3\n")
+    _, cfg = load_config(experiment, overrides=["seed=5"], quick=True)
+    assert (cfg.trainer.max_steps, cfg.seed) == (7, 5)
+    assert cfg.quick == {}
+    _, full = load_config(experiment)
+    assert full.trainer.max_steps != 7 and full.quick == {"trainer.max_steps": 7, "seed": 3}
+
+
+def test_quick_must_be_a_mapping(tmp_path):
+    experiment = tmp_path / "exp.yaml"
+    experiment.write_text(EXPERIMENTS[0].read_text().rsplit("quick:", 1)[0] + "quick: 20\n")
+    for quick in (False, True):
+        with pytest.raises(ConfigError, match=r"`quick`.*exp.yaml.*mapping.*20"):
+            load_config(experiment, quick=quick)

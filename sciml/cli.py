@@ -56,14 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
     g = dsub.add_parser("generate", help="generate a named dataset into HDF5", parents=[common])
     g.add_argument("name", nargs="?", metavar="NAME")
-    g.add_argument("params", nargs="*", metavar="key=value", help="PDE parameters, e.g. beta=30")
+    g.add_argument("params", nargs="*", metavar="key=value", help="generator parameters, e.g. beta=30 nx=512 (see --list)")
     g.add_argument("--list", action="store_true", help="list the generators and their parameters")
     g.add_argument("--out", help="output file (default data/NAME.h5)")
     g.add_argument("--n", type=int, default=1, help="number of samples (default 1)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--nx", type=int, default=256)
-    g.add_argument("--nt", type=int, default=100)
-    g.add_argument("--random-ic", action="store_true", help="random initial conditions even for one sample")
+    g.add_argument("--workers", type=int, default=1, help="Ray workers to fan the samples out over (default 1: in this process)")
+    g.add_argument("--ray-address", help="address of a running Ray cluster (default: start local workers)")
     i = dsub.add_parser("info", help="validate a dataset file against the schema and summarise it", parents=[common])
     i.add_argument("file", metavar="FILE")
 
@@ -119,7 +118,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(describe_generators())
             return 0
         out = args.out or os.path.join("data", f"{args.name}.h5")
-        path = generate(args.name, out, n=args.n, seed=args.seed, nx=args.nx, nt=args.nt, params=_parse_params(args.params), random_ic=args.random_ic or None)
+        path = generate(args.name, out, n=args.n, seed=args.seed, params=_parse_params(args.params), workers=args.workers, ray_address=args.ray_address)
         print(f"wrote {path}")
     elif args.command == "data" and args.data_command == "info":
         from .data.schema import summarize

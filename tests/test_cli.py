@@ -70,7 +70,7 @@ def write_experiment(path: Path, replace: tuple[str, str] = ("", "")) -> Path:
 def dataset(tmp_path_factory) -> Path:
     """A small valid dataset file written by `sciml data generate`."""
     path = tmp_path_factory.mktemp("datasets") / "convection.h5"
-    assert cli.main(["data", "generate", "convection", "--out", str(path), "--nx", "32", "--nt", "8"]) == 0
+    assert cli.main(["data", "generate", "convection", "--out", str(path), "nx=32", "nt=8"]) == 0
     return path
 
 
@@ -238,7 +238,7 @@ def test_data_info_on_a_missing_file(capsys, tmp_path):
         (["convection", "bet=3"], ["'bet'", "beta"]),
         (["convection", "beta=[1"], ["`beta`", "'[1'"]),
         (["convection", "beta"], ["'beta'", "key=value", "beta=30"]),
-        (["convection", "--nx", "-1"], ["`nx` (=-1)"]),
+        (["convection", "nx=-1"], ["`nx` (=-1)"]),
     ],
 )
 def test_data_generate_bad_input(capsys, tmp_path, argv, needles):

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from sciml.data.schema import read_dataset
+from sciml.data.schema import read_dataset, sample_arrays
 from sciml.errors import ConfigError, DataError
 
 
@@ -40,6 +40,7 @@ class H5Samples(Dataset):
         self.has_u0 = meta.u0 is not None
         self._file: h5py.File | None = None
         self._pid: int | None = None
+        self._views: tuple[h5py.File, dict[str, Any]] | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -57,26 +58,32 @@ class H5Samples(Dataset):
 
     def __getitem__(self, k: int) -> dict[str, Any]:
         i = int(self.indices[k])
-        f = self._handle()
+        arrays = self._arrays()
         item: dict[str, Any] = {
-            "u": torch.from_numpy(np.asarray(f["samples/u"][i], dtype=np.float32)),
-            "params": torch.from_numpy(np.asarray(f["samples/params"][i], dtype=np.float32)),
+            "u": torch.from_numpy(np.asarray(arrays["u"][i], dtype=np.float32)),
+            "params": torch.from_numpy(np.asarray(arrays["params"][i], dtype=np.float32)),
             "index": i,
         }
         if self.has_u0:
-            item["u0"] = torch.from_numpy(np.asarray(f["samples/u0"][i], dtype=np.float32))
+            item["u0"] = torch.from_numpy(np.asarray(arrays["u0"][i], dtype=np.float32))
         return item
+
+    def _arrays(self) -> dict[str, Any]:
+        f = self._handle()
+        if self._views is None or self._views[0] is not f:
+            self._views = (f, sample_arrays(f))
+        return self._views[1]
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_file"], state["_pid"] = None, None
+        state["_file"], state["_pid"], state["_views"] = None, None, None
         return state
 
     def close(self) -> None:
         """Close this process's handle (it reopens on the next item)."""
         if self._file is not None and self._pid == os.getpid():
             self._file.close()
-        self._file, self._pid = None, None
+        self._file, self._pid, self._views = None, None, None
 
 
 def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:

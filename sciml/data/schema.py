@@ -32,6 +32,7 @@ from typing import Any, NoReturn
 import h5py
 import numpy as np
 
+from sciml.data import pdebench
 from sciml.errors import DataError
 
 SCHEMA_VERSION = 1
@@ -252,6 +253,17 @@ def _read(f: h5py.File, path: Path, *, load: bool, unfinished_ok: bool = False) 
     def fail(problem: str) -> NoReturn:
         raise DataError(f"{path}: {problem}. {fix}")
 
+    if pdebench.is_pdebench(f):
+        try:
+            found = pdebench.fields(f, path)
+        except (KeyError, ValueError, OSError) as exc:
+            raise DataError(f"{path} looks like a PDEBench file (a group per sample) but cannot be read: {exc}. "
+                            "Each group needs `data` [t, x(, channels)] and `grid/x`, `grid/t`.") from exc
+        u = found.pop("u")
+        ds = PDEDataset(u=u[:] if load else shape_only(u.shape, u.dtype), **found)
+        _check(ds, str(path), "Each group needs `data` [t, x(, channels)] and `grid/x`, `grid/t` of matching sizes.")
+        return ds
+
     if missing := [a for a in _ROOT_ATTRS if a not in f.attrs]:
         fail(f"missing root attributes {missing}")
     try:
@@ -315,11 +327,20 @@ def read_dataset(path: str | os.PathLike, *, load: bool = True) -> PDEDataset:
     return ds
 
 
+def sample_arrays(f: h5py.File) -> dict[str, Any]:
+    """The per-sample arrays of an open dataset file (``u``, ``params``, ``u0`` if present), as
+    h5py datasets or lazy views indexed by sample: for reading one sample at a time."""
+    if pdebench.is_pdebench(f):
+        u = pdebench.Samples(f)
+        return {"u": u, "params": np.zeros((len(u), 0))}
+    return {name: f[f"samples/{name}"] for name in ("u", "params", "u0") if f"samples/{name}" in f}
+
+
 def _inspect(path: Path) -> tuple[PDEDataset, tuple[float, float, float]]:
     """The metadata of a fully validated file and (min, max, mean) of u, read block by block."""
     with _open(path) as f:
         ds = _read(f, path, load=False)
-        stats = _scan("/samples/u", f["samples/u"], str(path))
+        stats = _scan("/samples/u", sample_arrays(f)["u"], str(path))
         if "samples/u0" in f:
             _scan("/samples/u0", f["samples/u0"], str(path))
     return ds, stats
@@ -343,7 +364,7 @@ def summarize(path: str | os.PathLike) -> str:
 
     rows = [
         ("file", f"{path} ({path.stat().st_size / 1e6:.3g} MB)"),
-        ("pde", f"{ds.pde} (schema version {SCHEMA_VERSION})"),
+        ("pde", f"{ds.pde} ({'PDEBench layout' if ds.generator == pdebench.GENERATOR else f'schema version {SCHEMA_VERSION}'})"),
         ("generator", ds.generator), ("created", ds.created),
         ("config sha", ds.config_sha or "-"), ("common params", json.dumps(ds.common_params)),
     ]

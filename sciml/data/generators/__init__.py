@@ -1,102 +1,185 @@
-"""Named dataset generators for ``sciml data generate NAME``.
+"""Named dataset generators for ``sciml data generate NAME``, run in-process or over Ray workers.
 
-The 1D periodic family is solved by the spectral reference solvers. With ``n=1`` and no
-``random_ic`` a dataset holds the PDE's own initial condition (what a PINN is checked against);
-otherwise each sample starts from a random smooth initial condition drawn from
-``numpy.random.default_rng([seed, i])``, so sample i is the same whatever else is generated.
-Generation writes one sample at a time and resumes where a killed run stopped.
+Every generator follows :class:`~sciml.data.generators.base.Generator`: it describes the file
+(:meth:`layout`) and computes sample ``i`` from ``numpy.random.default_rng([seed, i])`` alone
+(:meth:`sample`), so a dataset is bit-identical whatever the number of workers. :func:`generate`
+writes one sample at a time into ``FILE.partial`` and renames it when complete; a killed run
+resumes where it stopped.
+
+The 1D periodic family is solved by the spectral reference solvers (:mod:`.spectral`). With
+``n=1`` (and no ``random_ic``) a dataset holds the PDE's own initial condition, which is what a
+PINN is checked against; otherwise each sample starts from a random smooth initial condition.
+Other families live in their own modules and are registered when their imports are available
+(the FEM ones need the ``fem`` extra).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import inspect
 import json
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from rich.progress import Progress
 
 from ... import __version__
-from ...errors import ConfigError
+from ...errors import ConfigError, SciMLError, did_you_mean, optional_import
 from ...pdes import PDE, Burgers, Convection, ConvectionDiffusion, Reaction, ReactionDiffusion, pde_from_config
 from ..schema import DatasetWriter, PDEDataset, shape_only
 from . import spectral
+from .base import Generator, Sample, check_int, rng_for
 
 
-@dataclass(frozen=True)
-class GeneratorSpec:
-    name: str
-    pde_class: type[PDE]
-    description: str
+class SpectralGenerator(Generator):
+    """A PDE of the 1D periodic family on an ``nx`` x ``nt`` grid, by its reference solver.
+
+    Parameters: the PDE's own (e.g. ``beta``), ``nx``, ``nt`` and ``random_ic`` (None: random
+    initial conditions when the dataset has more than one sample).
+    """
+
+    pde_class: ClassVar[type[PDE]]
+
+    def __init__(self, nx: int = 256, nt: int = 100, random_ic: bool | None = None, **pde_params: Any):
+        cls = self.pde_class
+        self.pde = pde_from_config({"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": pde_params})
+        self.nx = check_int(self.name, "nx", nx, 4)
+        self.nt = check_int(self.name, "nt", nt, 2)
+        if random_ic not in (None, True, False):
+            raise ConfigError(f"{self.name}: `random_ic` (={random_ic!r}) must be true, false or null.")
+        self.random_ic = random_ic
+        (lo, hi), = self.pde.domain.space
+        self.x = lo + spectral.periodic_grid(self.nx, hi - lo)
+        self.t = np.linspace(*self.pde.domain.time, self.nt)
+
+    def config(self) -> dict[str, Any]:
+        return {**self.pde.params(), "nx": self.nx, "nt": self.nt, "random_ic": self.random_ic}
+
+    @classmethod
+    def parameters(cls) -> dict[str, Any]:
+        pde = {p.name: p.default for p in inspect.signature(cls.pde_class).parameters.values()}
+        return pde | {"nx": 256, "nt": 100, "random_ic": None}
+
+    def _numeric_params(self) -> tuple[list[str], np.ndarray]:
+        items = [(k, float(v)) for k, v in self.pde.params().items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        return [k for k, _ in items], np.array([v for _, v in items], dtype=np.float64)
+
+    def layout(self, n: int) -> PDEDataset:
+        if self.random_ic is None:
+            self.random_ic = n > 1
+        return self._dataset(shape_only((n, self.nt, self.nx)), shape_only((n, self.nx)))
+
+    def _dataset(self, u: np.ndarray, u0: np.ndarray) -> PDEDataset:
+        names, values = self._numeric_params()
+        return PDEDataset(
+            pde=self.pde.name, u=u, grid={"x": self.x, "t": self.t}, params=np.broadcast_to(values, (u.shape[0], len(values))),
+            param_names=names, common_params=self.pde.params(), generator=f"sciml {__version__} spectral ({self.description})",
+            u0=u0, weights=np.full(self.nx, self.x[1] - self.x[0]),  # periodic rectangle rule
+        )
+
+    def initial_condition(self, i: int, seed: int) -> np.ndarray:
+        if not self.random_ic:
+            return self.pde.initial_condition(self.x)
+        u0 = spectral.random_initial_conditions(1, self.x, rng_for(seed, i))[0]
+        if isinstance(self.pde, (Reaction, ReactionDiffusion)):
+            u0 = 1.0 / (1.0 + np.exp(-2.0 * u0))  # logistic ICs must lie in (0, 1)
+        return u0
+
+    def sample(self, i: int, seed: int) -> Sample:
+        u0 = self.initial_condition(i, seed)
+        return Sample(u=self.pde.reference_solution(u0, self.x, self.t), params=self._numeric_params()[1], u0=u0)
 
 
-GENERATORS: dict[str, GeneratorSpec] = {
-    spec.name: spec
-    for spec in (
-        GeneratorSpec("convection", Convection, "u_t + beta u_x = 0, exact in Fourier space"),
-        GeneratorSpec("convection_diffusion", ConvectionDiffusion, "u_t + beta u_x = nu u_xx, exact in Fourier space"),
-        GeneratorSpec("reaction", Reaction, "u_t = rho u (1 - u), logistic closed form"),
-        GeneratorSpec("reaction_diffusion", ReactionDiffusion, "u_t = nu u_xx + rho u (1 - u), Strang splitting"),
-        GeneratorSpec("burgers", Burgers, "u_t + u u_x = nu u_xx, pseudo-spectral ETDRK4 with 2/3 dealiasing"),
-    )
-}
+def _spectral(pde_class: type[PDE], description: str) -> type[SpectralGenerator]:
+    return type(f"{pde_class.__name__}Spectral", (SpectralGenerator,),
+                {"pde_class": pde_class, "name": pde_class.name, "description": description, "__module__": __name__})
+
+
+_SPECTRAL: list[type[SpectralGenerator]] = [
+    _spectral(Convection, "u_t + beta u_x = 0, exact in Fourier space"),
+    _spectral(ConvectionDiffusion, "u_t + beta u_x = nu u_xx, exact in Fourier space"),
+    _spectral(Reaction, "u_t = rho u (1 - u), logistic closed form"),
+    _spectral(ReactionDiffusion, "u_t = nu u_xx + rho u (1 - u), Strang splitting"),
+    _spectral(Burgers, "u_t + u u_x = nu u_xx, pseudo-spectral ETDRK4 with 2/3 dealiasing"),
+]
+
+globals().update({g.__name__: g for g in _SPECTRAL})  # importable by name, so they pickle by reference
+
+# Families in other modules: (module, name of its {name: class} dict, extra it needs).
+_FAMILIES = [
+    ("sciml.data.generators.analytic", "ANALYTIC_GENERATORS", None),
+    ("sciml.data.generators.navier_stokes", "NS_GENERATORS", None),
+    ("sciml.data.generators.fv", "FV_GENERATORS", None),
+    ("sciml.data.generators.fem.gpme", "FEM_GENERATORS", "fem"),
+    ("sciml.data.generators.fem.diffusion_sorption", "DS_GENERATORS", "fem"),
+]
+
+
+def registry() -> tuple[dict[str, type[Generator]], list[str]]:
+    """The generators available here, and a note for each family whose imports are missing."""
+    found: dict[str, type[Generator]] = {g.name: g for g in _SPECTRAL}
+    missing = []
+    for module, attr, extra in _FAMILIES:
+        try:
+            found |= getattr(importlib.import_module(module), attr)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("sciml."):
+                continue  # a family not written yet in this version
+            missing.append(f"{module} needs the `{extra or exc.name}` extra ({exc.name} is not installed)")
+        except (ImportError, AttributeError) as exc:
+            missing.append(f"{module} could not be imported ({exc})")
+    return found, missing
+
+
+GENERATORS = {g.name: g for g in _SPECTRAL}  # the always-available ones; `registry()` has all
 
 
 def describe_generators() -> str:
+    found, missing = registry()
     rows = []
-    for spec in GENERATORS.values():
-        params = ", ".join(f"{p.name}={p.default!r}" for p in inspect.signature(spec.pde_class).parameters.values())
-        rows.append(f"{spec.name:<22} {spec.description}\n{'':<22} parameters: {params}")
+    for cls in found.values():
+        params = ", ".join(f"{k}={v!r}" for k, v in cls.parameters().items())
+        rows.append(f"{cls.name:<22} {cls.description}\n{'':<22} parameters: {params}")
+    rows += [f"(unavailable: {m})" for m in missing]
     return "\n".join(rows)
 
 
+def make_generator(name: str, params: dict[str, Any] | None = None) -> Generator:
+    """The generator ``name`` built from ``params``; unknown names and parameters are ConfigErrors."""
+    found, missing = registry()
+    if name not in found:
+        note = f" Unavailable here: {'; '.join(missing)}." if missing else ""
+        raise ConfigError(f"unknown generator {name!r}.{did_you_mean(name, found)} Available: {', '.join(found)} "
+                          f"(see `sciml data generate --list`).{note}")
+    cls, params = found[name], dict(params or {})
+    allowed = cls.parameters()
+    if unknown := [k for k in params if k not in allowed]:
+        raise ConfigError(f"{name}: unknown parameter {unknown[0]!r}.{did_you_mean(unknown[0], allowed)} "
+                          f"Its parameters are {', '.join(allowed)}.")
+    try:
+        return cls(**params)
+    except SciMLError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: {exc}. Its parameters are {', '.join(allowed)}.") from exc
+
+
 def make_pde(name: str, params: dict[str, Any]) -> PDE:
-    if name not in GENERATORS:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(GENERATORS), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"unknown generator {name!r}.{hint} Available: {', '.join(GENERATORS)} (see `sciml data generate --list`).")
-    cls = GENERATORS[name].pde_class
-    return pde_from_config({"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": params})
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigError(f"`{name}` (={value!r}) must be an integer >= {minimum}.")
-
-
-def _grid(pde: PDE, nx: int, nt: int) -> tuple[np.ndarray, np.ndarray]:
-    _check_int("nx", nx, 4)
-    _check_int("nt", nt, 2)
-    (lo, hi), = pde.domain.space
-    return lo + spectral.periodic_grid(nx, hi - lo), np.linspace(*pde.domain.time, nt)
-
-
-def _numeric_params(pde: PDE) -> tuple[list[str], np.ndarray]:
-    items = [(k, float(v)) for k, v in pde.params().items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    return [k for k, _ in items], np.array([v for _, v in items], dtype=np.float64)
-
-
-def _template(pde: PDE, x, t, u, sha: str = "", u0=None) -> PDEDataset:
-    names, values = _numeric_params(pde)
-    n = u.shape[0]
-    return PDEDataset(
-        pde=pde.name, u=u, grid={"x": x, "t": t}, params=np.broadcast_to(values, (n, len(values))),
-        param_names=names, common_params=pde.params(), generator=f"sciml {__version__} spectral ({GENERATORS[pde.name].description})",
-        config_sha=sha, u0=u0, weights=np.full(len(x), (x[1] - x[0])),  # periodic rectangle rule
-    )
+    """The PDE of a spectral generator, e.g. ``make_pde("convection", {"beta": 30})``."""
+    gen = make_generator(name, params)
+    if not isinstance(gen, SpectralGenerator):
+        raise ConfigError(f"{name!r} is not a PDE of the 1D periodic family.")
+    return gen.pde
 
 
 def reference_dataset(pde: PDE, nx: int = 256, nt: int = 100) -> PDEDataset:
     """The PDE's reference solution from its own initial condition, as a one-sample dataset."""
-    x, t = _grid(pde, nx, nt)
-    u0 = pde.initial_condition(x)
-    u = pde.reference_solution(u0, x, t)
-    return _template(pde, x, t, u[None], u0=u0[None])
+    gen = next(g for g in _SPECTRAL if g.pde_class is type(pde))(nx=nx, nt=nt, random_ic=False, **pde.params())
+    s = gen.sample(0, 0)
+    return gen._dataset(s.u[None], s.u0[None])
 
 
 def generate(
@@ -104,38 +187,72 @@ def generate(
     out: str | Path,
     n: int = 1,
     seed: int = 0,
-    nx: int = 256,
-    nt: int = 100,
     params: dict[str, Any] | None = None,
-    random_ic: bool | None = None,
-    sha: str = "",
+    workers: int = 1,
+    ray_address: str | None = None,
     progress: bool = True,
 ) -> Path:
     """Generate ``n`` samples of generator ``name`` into ``out`` (resumable; atomic rename at the end).
 
-    ``sha`` identifies the generating config; by default it is a digest of this call's arguments,
-    so an unfinished ``out.partial`` is only resumed by a run that produces the same samples.
+    ``workers > 1`` or a ``ray_address`` fans the samples out over Ray workers (local ones, or the
+    cluster at the address); the file is the same bit for bit either way. An unfinished
+    ``out.partial`` is resumed only by a run with the same generator, parameters, ``n`` and seed.
     """
-    _check_int("n", n, 1)
-    _check_int("seed", seed, 0)
-    pde = make_pde(name, params or {})
-    x, t = _grid(pde, nx, nt)
-    random_ic = n > 1 if random_ic is None else bool(random_ic)
-    if not sha:
-        spec = {"generator": name, "params": pde.params(), "n": int(n), "seed": int(seed), "nx": int(nx), "nt": int(nt), "random_ic": random_ic}
-        sha = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
-    template = _template(pde, x, t, shape_only((n, nt, nx)), sha=sha, u0=shape_only((n, nx)))
-    _, values = _numeric_params(pde)
-    with DatasetWriter(out, template) as writer, Progress(disable=not progress) as bar:
+    n = check_int("generate", "n", n, 1)
+    seed = check_int("generate", "seed", seed, 0)
+    workers = check_int("generate", "workers", workers, 1)
+    gen = make_generator(name, params)
+    layout = gen.layout(n)
+    spec = {"generator": name, "params": gen.config(), "n": n, "seed": seed}
+    layout.config_sha = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+    with DatasetWriter(out, layout) as writer, Progress(disable=not progress) as bar:
         todo = writer.pending()
-        task = bar.add_task(f"{name} -> {out}", total=n, completed=n - len(todo))
-        for i in todo:
-            u0 = spectral.random_initial_conditions(1, x, np.random.default_rng([seed, i]))[0] if random_ic else pde.initial_condition(x)
-            if random_ic and isinstance(pde, (Reaction, ReactionDiffusion)):
-                u0 = 1.0 / (1.0 + np.exp(-2.0 * u0))  # logistic ICs must lie in (0, 1)
-            writer.write(i, pde.reference_solution(u0, x, t), values, u0=u0)
+        where = f" on {workers} workers" if workers > 1 or ray_address else ""
+        task = bar.add_task(f"{name} -> {out}{where}", total=n, completed=n - len(todo))
+        samples = _ray_samples(gen, seed, todo, workers, ray_address) if workers > 1 or ray_address else ((i, gen.sample(i, seed)) for i in todo)
+        for i, s in samples:
+            writer.write(i, s.u, s.params, u0=s.u0)
             bar.advance(task)
         return writer.finalize()
 
 
-__all__ = ["GENERATORS", "GeneratorSpec", "describe_generators", "generate", "make_pde", "reference_dataset"]
+def _sample_task(gen: Generator, i: int, seed: int) -> Sample:
+    return gen.sample(i, seed)
+
+
+def _ray_samples(gen: Generator, seed: int, todo: list[int], workers: int, address: str | None) -> Iterator[tuple[int, Sample]]:
+    """(i, sample) as Ray workers finish them, at most ``2 * workers`` in flight."""
+    ray = optional_import("ray", "ray", "`sciml data generate --workers`")
+    own = not ray.is_initialized()
+    if own:
+        try:
+            ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
+                     log_to_driver=False, configure_logging=False)
+        except ConnectionError as exc:
+            raise ConfigError(f"cannot reach the Ray cluster at --ray-address {address!r} ({exc}); start it with "
+                              "`ray start --head` or drop --ray-address to use local workers.") from exc
+    task = ray.remote(num_cpus=1)(_sample_task)
+    gen_ref = ray.put(gen)
+    queue, in_flight = iter(todo), {}
+    try:
+        while True:
+            while len(in_flight) < 2 * workers and (i := next(queue, None)) is not None:
+                in_flight[task.remote(gen_ref, i, seed)] = i
+            if not in_flight:
+                return
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            for ref in ready:
+                i = in_flight.pop(ref)
+                try:
+                    s = ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:  # the worker's own error, e.g. a DataError
+                    raise (exc.cause if isinstance(exc.cause, Exception) else exc) from None
+                yield i, s
+    finally:
+        for ref in in_flight:
+            ray.cancel(ref, force=True)
+        if own:
+            ray.shutdown()
+
+
+__all__ = ["GENERATORS", "Generator", "Sample", "SpectralGenerator", "describe_generators", "generate", "make_generator", "make_pde", "reference_dataset", "registry"]

@@ -1,0 +1,120 @@
+"""How gradients reach the residual's inputs through a least-squares solve.
+
+At a solution y* of min_y 0.5 |r(y, theta)|^2 the gradient vanishes: F(y*, theta) = J^T r = 0.
+The implicit function theorem gives dy*/dtheta = -(dF/dy)^-1 dF/dtheta, so for an upstream
+gradient g = dL/dy* the backward pass is
+
+    H mu = g,    dL/dtheta = -mu^T dF/dtheta,
+
+with H = dF/dy: one n x n solve and one vector-Jacobian product per problem, whatever the
+number of solver iterations. ``hessian="gauss-newton"`` takes H = J^T J and dF/dtheta = J^T dr/dtheta
+(exact for a zero residual or a residual linear in y), so dL/dtheta = VJP of r with -J mu.
+``hessian="exact"`` differentiates F itself (second derivatives of r included).
+The cost 0.5 |r|^2 at y* is differentiable too: by the envelope theorem its gradient is the
+partial derivative in theta.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ._solution import Solution
+from ._solve import Residual, jacobian, solve
+from .solvers import AbstractSolver, spd_solve
+
+
+class AbstractAdjoint(ABC):
+    @abstractmethod
+    def apply(self, fn: Residual, y0: Tensor, args: Sequence[Tensor], solver: AbstractSolver, max_steps: int) -> Solution:
+        """Solve, with ``value`` and ``cost`` differentiable in ``args`` as this strategy says."""
+
+
+@dataclass(frozen=True)
+class UnrolledAdjoint(AbstractAdjoint):
+    """Backpropagate through every solver iteration: exact for the iterations taken, memory
+    growing with them. Meant for checking the implicit adjoint."""
+
+    def apply(self, fn, y0, args, solver, max_steps):
+        return solve(fn, y0, args, solver, max_steps)
+
+
+@dataclass(frozen=True)
+class ImplicitAdjoint(AbstractAdjoint):
+    """Implicit-function-theorem gradients; ``hessian`` is "gauss-newton" or "exact"."""
+
+    hessian: str = "gauss-newton"
+
+    def __post_init__(self) -> None:
+        if self.hessian not in ("gauss-newton", "exact"):
+            raise ValueError(f"`hessian` (={self.hessian!r}) must be 'gauss-newton' or 'exact'.")
+
+    def apply(self, fn, y0, args, solver, max_steps):
+        box: dict[str, Solution] = {}
+        value, cost = _ImplicitSolve.apply(fn, solver, max_steps, self.hessian, box, y0.detach(), *args)
+        sol = box["solution"]
+        return Solution(value=value, result=sol.result, steps=sol.steps, cost=cost)
+
+
+class _ImplicitSolve(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, fn, solver, max_steps, hessian, box, y0, *args):
+        with torch.no_grad():
+            sol = solve(fn, y0, [a.detach() if torch.is_tensor(a) else a for a in args], solver, max_steps)
+        box["solution"] = sol
+        ctx.fn, ctx.hessian = fn, hessian
+        tensors = [a if torch.is_tensor(a) else None for a in args]
+        ctx.others = [None if torch.is_tensor(a) else a for a in args]
+        ctx.save_for_backward(sol.value, *[t for t in tensors if t is not None])
+        ctx.tensor_mask = [t is not None for t in tensors]
+        return sol.value, sol.cost
+
+    @staticmethod
+    def backward(ctx, g_value, g_cost):
+        y, *saved = ctx.saved_tensors
+        it = iter(saved)
+        args = [next(it).detach() if is_t else other for is_t, other in zip(ctx.tensor_mask, ctx.others)]
+        wanted = [i for i, a in enumerate(args) if torch.is_tensor(a) and ctx.needs_input_grad[6 + i]]
+        if not wanted:
+            return (None,) * (6 + len(args))
+        for i in wanted:
+            args[i] = args[i].requires_grad_(True)
+        g_value = torch.zeros_like(y) if g_value is None else g_value
+        g_cost = torch.zeros(y.shape[:1], dtype=y.dtype, device=y.device) if g_cost is None else g_cost
+        with torch.enable_grad():
+            if ctx.hessian == "gauss-newton":
+                _, jac = jacobian(ctx.fn, y, [a.detach() if torch.is_tensor(a) else a for a in args])
+                mu = spd_solve(jac.transpose(-1, -2) @ jac, g_value)
+                r = ctx.fn(y, *args)
+                cotangent = -(jac @ mu.unsqueeze(-1)).squeeze(-1) + g_cost[:, None] * r.detach()
+                grads = torch.autograd.grad(r, [args[i] for i in wanted], cotangent, allow_unused=True)
+            else:
+                y_ = y.detach().requires_grad_(True)
+                r = ctx.fn(y_, *args)
+                cost = 0.5 * r.pow(2).sum(-1)
+                (grad_y,) = torch.autograd.grad(cost.sum(), y_, create_graph=True)
+                n = y.shape[-1]
+                rows = [torch.autograd.grad(grad_y[:, k].sum(), y_, retain_graph=True)[0] for k in range(n)]
+                hess = torch.stack(rows, dim=1)
+                mu = _general_solve(hess, g_value)
+                outputs = [grad_y, cost]
+                grads = torch.autograd.grad(outputs, [args[i] for i in wanted], [-mu, g_cost], allow_unused=True)
+        out: list[Tensor | None] = [None] * len(args)
+        for i, g in zip(wanted, grads):
+            out[i] = torch.zeros_like(args[i]) if g is None else g
+        return (None, None, None, None, None, None, *out)
+
+
+def _general_solve(a: Tensor, b: Tensor) -> Tensor:
+    """a x = b for a batch of square (possibly indefinite or singular) a; finite for finite input."""
+    a, b = torch.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0), torch.nan_to_num(b, nan=0.0, posinf=0.0, neginf=0.0)
+    x, info = torch.linalg.solve_ex(a, b)
+    bad = (info != 0) | ~torch.isfinite(x).all(-1)
+    if bool(bad.any()):
+        x = x.clone()
+        x[bad] = torch.linalg.lstsq(a[bad], b[bad].unsqueeze(-1), driver="gelsd" if a.device.type == "cpu" else None).solution.squeeze(-1)
+    return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)

@@ -1,0 +1,174 @@
+"""Batched least squares: exactness, convergence status, and implicit gradients against finite
+differences and against backpropagation through the iterations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sciml.constraints import (
+    GaussNewton, ImplicitAdjoint, LevenbergMarquardt, Result, SolveError, UnrolledAdjoint, least_squares,
+)
+
+F64 = torch.float64
+
+
+def linear(y, a, b):
+    return (a @ y.unsqueeze(-1)).squeeze(-1) - b
+
+
+def nonlinear(y, a, b):
+    """A residual with a nonzero minimum: m > n rows, nonlinear in y."""
+    return (a @ torch.tanh(y).unsqueeze(-1)).squeeze(-1) + 0.1 * y.pow(3).sum(-1, keepdim=True) - b
+
+
+def consistent(y, a, b):
+    """Square (m = n) and solvable: the residual vanishes at the solution."""
+    return (a @ y.unsqueeze(-1)).squeeze(-1) + 0.2 * torch.sin(y) - b
+
+
+def problem(batch=3, m=30, n=4, seed=0, square=False):
+    g = torch.Generator().manual_seed(seed)
+    m = n if square else m
+    a = torch.randn(batch, m, n, generator=g, dtype=F64)
+    if square:  # well conditioned, so the solution is unique and the residual vanishes there
+        a = 3 * torch.eye(n, dtype=F64) + 0.3 * a
+    b = torch.randn(batch, m, generator=g, dtype=F64)
+    return a, b
+
+
+def test_linear_problem_is_solved_exactly_by_one_gauss_newton_step():
+    a, b = problem()
+    sol = least_squares(linear, torch.zeros(3, 4, dtype=F64), (a, b), solver=GaussNewton(), max_steps=1, throw=False)
+    exact = torch.linalg.lstsq(a, b.unsqueeze(-1)).solution.squeeze(-1)
+    torch.testing.assert_close(sol.value, exact, rtol=0, atol=1e-12)
+    again = least_squares(linear, torch.zeros(3, 4, dtype=F64), (a, b), solver=GaussNewton())
+    assert again.successful.all() and again.steps <= 2
+
+
+@pytest.mark.parametrize("solver", [GaussNewton(), LevenbergMarquardt()])
+def test_nonlinear_solution_is_stationary(solver):
+    a, b = problem()
+    sol = least_squares(nonlinear, torch.zeros(3, 4, dtype=F64), (a, b), solver=solver, max_steps=200)
+    y = sol.value.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(0.5 * nonlinear(y, a, b).pow(2).sum(), y)
+    assert grad.abs().max() < 1e-8
+
+
+def test_consistent_system_reaches_zero_residual():
+    a, b = problem(square=True)
+    sol = least_squares(consistent, torch.zeros(3, 4, dtype=F64), (a, b))
+    assert consistent(sol.value, a, b).abs().max() < 1e-10
+
+
+def finite_difference(loss_of, tensor, index, eps=1e-6):
+    plus, minus = tensor.detach().clone(), tensor.detach().clone()
+    plus[index] += eps
+    minus[index] -= eps
+    return (loss_of(plus) - loss_of(minus)) / (2 * eps)
+
+
+def _check_gradients(fn, adjoint, a, b, square):
+    weights = torch.linspace(-1, 1, a.shape[-1], dtype=F64)
+
+    def loss(a_, b_):
+        sol = least_squares(fn, torch.zeros(a.shape[0], a.shape[-1], dtype=F64), (a_, b_), adjoint=adjoint, max_steps=200)
+        return (sol.value * weights).sum() + sol.value.pow(2).sum() + sol.cost.sum()
+
+    a_, b_ = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
+    ga, gb = torch.autograd.grad(loss(a_, b_), (a_, b_))
+    no_grad_loss_a = lambda t: float(loss(t, b))  # noqa: E731
+    no_grad_loss_b = lambda t: float(loss(a, t))  # noqa: E731
+    for index in [(0, 0, 0), (1, 2, 3), (2, a.shape[1] - 1, 1)]:
+        fd = finite_difference(no_grad_loss_a, a, index)
+        assert abs(ga[index] - fd) <= 1e-6 * max(1.0, abs(fd)), (index, float(ga[index]), fd)
+    for index in [(0, 0), (2, b.shape[1] - 1)]:
+        fd = finite_difference(no_grad_loss_b, b, index)
+        assert abs(gb[index] - fd) <= 1e-6 * max(1.0, abs(fd)), (index, float(gb[index]), fd)
+
+
+def test_implicit_gauss_newton_gradients_match_finite_differences_at_zero_residual():
+    a, b = problem(square=True)
+    _check_gradients(consistent, ImplicitAdjoint(), a, b, square=True)
+
+
+def test_implicit_exact_hessian_gradients_match_finite_differences():
+    a, b = problem()
+    _check_gradients(nonlinear, ImplicitAdjoint("exact"), a, b, square=False)
+
+
+def test_implicit_gradients_equal_unrolled_ones():
+    a, b = problem(seed=3)
+    grads = []
+    for adjoint in (ImplicitAdjoint("exact"), UnrolledAdjoint()):
+        a_, b_ = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
+        sol = least_squares(nonlinear, torch.zeros(3, 4, dtype=F64), (a_, b_), adjoint=adjoint, max_steps=200)
+        grads.append(torch.autograd.grad(sol.value.sum() + sol.cost.sum(), (a_, b_)))
+    for implicit, unrolled in zip(*grads):
+        torch.testing.assert_close(implicit, unrolled, rtol=1e-6, atol=1e-9)
+
+
+def test_problems_of_a_batch_are_independent():
+    a, b = problem(batch=4, seed=5)
+    together = least_squares(nonlinear, torch.zeros(4, 4, dtype=F64), (a, b), max_steps=200).value
+    alone = torch.cat([least_squares(nonlinear, torch.zeros(1, 4, dtype=F64), (a[i:i + 1], b[i:i + 1]), max_steps=200).value for i in range(4)])
+    torch.testing.assert_close(together, alone, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("solver", [GaussNewton(), LevenbergMarquardt()])
+def test_rank_deficient_basis_gives_finite_values_and_gradients(solver):
+    a, b = problem()
+    a = torch.cat([a[..., :2], a[..., :2]], dim=-1).requires_grad_(True)  # duplicated columns: rank 2 of 4
+    sol = least_squares(linear, torch.zeros(3, 4, dtype=F64), (a, b), solver=solver, throw=False)
+    assert torch.isfinite(sol.value).all()
+    assert (sol.result == Result.successful).all()
+    (grad,) = torch.autograd.grad(sol.value.sum(), a)
+    assert torch.isfinite(grad).all()
+    torch.testing.assert_close(linear(sol.value, a, b).detach(), linear(torch.linalg.lstsq(a.detach(), b.unsqueeze(-1)).solution.squeeze(-1), a.detach(), b), rtol=1e-6, atol=1e-6)
+
+
+def test_nonfinite_residual_is_reported_not_propagated():
+    a, b = problem()
+    b = b.clone()
+    b[1, 0] = float("nan")
+    sol = least_squares(linear, torch.zeros(3, 4, dtype=F64), (a, b), throw=False)
+    assert sol.result.tolist() == [Result.successful, Result.nonfinite, Result.successful]
+    assert torch.isfinite(sol.value).all()
+    with pytest.raises(SolveError, match="1 nonfinite.*NaN/Inf"):
+        least_squares(linear, torch.zeros(3, 4, dtype=F64), (a, b))
+
+
+def test_max_steps_reached_is_a_status():
+    a, b = problem()
+    sol = least_squares(nonlinear, torch.zeros(3, 4, dtype=F64), (a, b), max_steps=1, throw=False)
+    assert (sol.result == Result.max_steps_reached).all() and sol.steps == 1
+    assert "max_steps" in Result.max_steps_reached.message
+    with pytest.raises(SolveError, match="max_steps"):
+        least_squares(nonlinear, torch.zeros(3, 4, dtype=F64), (a, b), max_steps=1)
+
+
+def test_float64_solve_under_float32_inputs():
+    a, b = problem()
+    a32, b32 = a.float().requires_grad_(True), b.float()
+    sol = least_squares(nonlinear, torch.zeros(3, 4), (a32, b32), dtype=F64, max_steps=200)
+    assert sol.value.dtype == torch.float32
+    (grad,) = torch.autograd.grad(sol.value.sum(), a32)
+    assert grad.dtype == torch.float32 and torch.isfinite(grad).all()
+    ref = least_squares(nonlinear, torch.zeros(3, 4, dtype=F64), (a32.detach().double(), b32.double()), max_steps=200).value
+    torch.testing.assert_close(sol.value.double(), ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"y0": torch.zeros(4)}, r"`y0` must be \[batch, n\]"),
+    ({"max_steps": 0}, r"`max_steps` \(=0\)"),
+])
+def test_bad_arguments_are_refused(kwargs, match):
+    a, b = problem()
+    call = {"y0": torch.zeros(3, 4, dtype=F64)} | kwargs
+    with pytest.raises(ValueError, match=match):
+        least_squares(linear, call.pop("y0"), (a, b), **call)
+
+
+def test_unknown_hessian_is_refused():
+    with pytest.raises(ValueError, match="`hessian`"):
+        ImplicitAdjoint("newton")

@@ -72,7 +72,8 @@ def _check_gradients(fn, adjoint, a, b, square):
     weights = torch.linspace(-1, 1, a.shape[-1], dtype=F64)
 
     def loss(a_, b_):
-        sol = least_squares(fn, torch.zeros(a.shape[0], a.shape[-1], dtype=F64), (a_, b_), adjoint=adjoint, max_steps=200)
+        sol = least_squares(fn, torch.zeros(a.shape[0], a.shape[-1], dtype=F64), (a_, b_), adjoint=adjoint, max_steps=200,
+                            solver=LevenbergMarquardt(rtol=1e-13, atol=1e-15))  # tight: finite differences see the solve's error
         return (sol.value * weights).sum() + sol.value.pow(2).sum() + sol.cost.sum()
 
     a_, b_ = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
@@ -172,3 +173,8 @@ def test_bad_arguments_are_refused(kwargs, match):
 def test_unknown_hessian_is_refused():
     with pytest.raises(ValueError, match="`hessian`"):
         ImplicitAdjoint("newton")
+
+
+def test_gauss_newton_implicit_gradients_are_exact_for_a_linear_residual_that_does_not_vanish():
+    a, b = problem(seed=7)  # 30 rows, 4 unknowns: a nonzero least-squares residual
+    _check_gradients(linear, ImplicitAdjoint(), a, b, square=False)

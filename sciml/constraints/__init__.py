@@ -2,10 +2,14 @@
 
 from ._solution import Result, Solution, SolveError
 from .adjoint import AbstractAdjoint, ImplicitAdjoint, UnrolledAdjoint
+from .executors import Executor, LocalExecutor
+from .fields import derivative, grid_fields
+from .hard import HardConstraint, Partition, Rows
 from .least_squares import least_squares
 from .solvers import AbstractSolver, GaussNewton, LevenbergMarquardt
 
 __all__ = [
-    "AbstractAdjoint", "AbstractSolver", "GaussNewton", "ImplicitAdjoint", "LevenbergMarquardt",
-    "Result", "Solution", "SolveError", "UnrolledAdjoint", "least_squares",
+    "AbstractAdjoint", "AbstractSolver", "Executor", "GaussNewton", "HardConstraint", "ImplicitAdjoint",
+    "LevenbergMarquardt", "LocalExecutor", "Partition", "Result", "Rows", "Solution", "SolveError",
+    "UnrolledAdjoint", "derivative", "grid_fields", "least_squares",
 ]

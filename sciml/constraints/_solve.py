@@ -58,7 +58,7 @@ def solve(fn: Residual, y0: Tensor, args: Sequence[Tensor], solver: AbstractSolv
         r = torch.where(keep[:, None], r_new, r)
         jac = torch.where(keep[:, None, None], jac_new, jac)
         cost = torch.where(keep, cost_new, cost)
-        done = keep & solver.converged(y, delta, r)
+        done = keep & solver.converged(y, delta, r, state)
         result = torch.where(done, torch.full_like(result, int(Result.successful)), result)
         active = active & ~done
     return Solution(value=y, result=result, steps=steps, cost=cost)

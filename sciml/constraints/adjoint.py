@@ -6,10 +6,11 @@ gradient g = dL/dy* the backward pass is
 
     H mu = g,    dL/dtheta = -mu^T dF/dtheta,
 
-with H = dF/dy: one n x n solve and one vector-Jacobian product per problem, whatever the
-number of solver iterations. ``hessian="gauss-newton"`` takes H = J^T J and dF/dtheta = J^T dr/dtheta
-(exact for a zero residual or a residual linear in y), so dL/dtheta = VJP of r with -J mu.
-``hessian="exact"`` differentiates F itself (second derivatives of r included).
+with H = dF/dy: one n x n solve and one vector-Jacobian product (of F, by double backward) per
+problem, whatever the number of solver iterations. ``hessian="gauss-newton"`` takes H = J^T J
+(from n forward-mode products): exact when r is linear in y, even where r does not vanish, and
+close to exact near a zero residual. ``hessian="exact"`` builds dF/dy by n backward passes
+(second derivatives of r included).
 The cost 0.5 |r|^2 at y* is differentiable too: by the envelope theorem its gradient is the
 partial derivative in theta.
 """
@@ -86,23 +87,17 @@ class _ImplicitSolve(torch.autograd.Function):
         g_value = torch.zeros_like(y) if g_value is None else g_value
         g_cost = torch.zeros(y.shape[:1], dtype=y.dtype, device=y.device) if g_cost is None else g_cost
         with torch.enable_grad():
+            y_ = y.detach().requires_grad_(True)
+            r = ctx.fn(y_, *args)
+            cost = 0.5 * r.pow(2).sum(-1)
+            (grad_y,) = torch.autograd.grad(cost.sum(), y_, create_graph=True)  # F = J^T r
             if ctx.hessian == "gauss-newton":
                 _, jac = jacobian(ctx.fn, y, [a.detach() if torch.is_tensor(a) else a for a in args])
                 mu = spd_solve(jac.transpose(-1, -2) @ jac, g_value)
-                r = ctx.fn(y, *args)
-                cotangent = -(jac @ mu.unsqueeze(-1)).squeeze(-1) + g_cost[:, None] * r.detach()
-                grads = torch.autograd.grad(r, [args[i] for i in wanted], cotangent, allow_unused=True)
             else:
-                y_ = y.detach().requires_grad_(True)
-                r = ctx.fn(y_, *args)
-                cost = 0.5 * r.pow(2).sum(-1)
-                (grad_y,) = torch.autograd.grad(cost.sum(), y_, create_graph=True)
-                n = y.shape[-1]
-                rows = [torch.autograd.grad(grad_y[:, k].sum(), y_, retain_graph=True)[0] for k in range(n)]
-                hess = torch.stack(rows, dim=1)
-                mu = _general_solve(hess, g_value)
-                outputs = [grad_y, cost]
-                grads = torch.autograd.grad(outputs, [args[i] for i in wanted], [-mu, g_cost], allow_unused=True)
+                rows = [torch.autograd.grad(grad_y[:, k].sum(), y_, retain_graph=True)[0] for k in range(y.shape[-1])]
+                mu = _general_solve(torch.stack(rows, dim=1), g_value)
+            grads = torch.autograd.grad([grad_y, cost], [args[i] for i in wanted], [-mu, g_cost], allow_unused=True)
         out: list[Tensor | None] = [None] * len(args)
         for i, g in zip(wanted, grads):
             out[i] = torch.zeros_like(args[i]) if g is None else g

@@ -1,0 +1,168 @@
+"""The hard-constraint layer (PI-HC) and its mixture of experts (PI-HC-MoE).
+
+A network gives n basis functions B on a space-time grid. The layer finds coefficients w* with
+
+    w* = argmin_w  |PDE residual of (B w + c) at sampled points|^2 + |A w - b|^2 + ridge |w|^2
+
+(c an optional fixed offset, A w = b linear initial/boundary rows) and returns u = B w* + c;
+gradients reach B through the solve's adjoint. With experts, the grid is split into fixed
+non-overlapping blocks (splits per axis); expert k solves its own w_k on points sampled in its
+block, with the rows whose points lie there; blocks are stitched back without blending. The
+derivatives are taken on the whole grid first, then partitioned. All experts of all batch
+elements go through the solver as one batched call, on the executor given.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+from torch import Tensor, nn
+
+from ..pdes import PDE
+from ._solution import Solution
+from .adjoint import AbstractAdjoint
+from .executors import Executor, LocalExecutor
+from .solvers import AbstractSolver
+
+
+@dataclass
+class Rows:
+    """Linear rows sum_f coefficients[f] * field_f(points) = target, each divided by ``scale``.
+
+    ``points`` [q] are flat indices into the grid; coefficients are scalars or [q]; ``target``
+    is [batch, q]; ``scale`` a scalar or [batch, q] (e.g. u0 for the relative IC rows).
+    """
+
+    points: Tensor
+    coefficients: Mapping[str, float | Tensor]
+    target: Tensor
+    scale: float | Tensor = 1.0
+
+
+@dataclass
+class Partition:
+    """Fixed blocks of a grid: ``splits[d]`` equal slabs along grid axis d (remainders spread)."""
+
+    grid: tuple[int, ...]
+    splits: tuple[int, ...]
+    blocks: list[Tensor] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if len(self.splits) != len(self.grid):
+            raise ValueError(f"`splits` (={self.splits}) needs one entry per grid axis {self.grid}.")
+        for n, s in zip(self.grid, self.splits):
+            if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= n:
+                raise ValueError(f"`splits` (={self.splits}) must be integers between 1 and the grid size {self.grid}.")
+        label = torch.zeros(self.grid, dtype=torch.int64)
+        stride = 1
+        for d in reversed(range(len(self.grid))):
+            part = torch.arange(self.grid[d]) * self.splits[d] // self.grid[d]
+            shape = [1] * len(self.grid)
+            shape[d] = self.grid[d]
+            label = label + stride * part.reshape(shape)
+            stride *= self.splits[d]
+        self.label = label.flatten()
+        self.blocks = [torch.nonzero(self.label == k).flatten() for k in range(math.prod(self.splits))]
+
+    @property
+    def experts(self) -> int:
+        return len(self.blocks)
+
+
+def _residual(pde: PDE, names: tuple[str, ...], ridge: float, w: Tensor, *tensors: Tensor) -> Tensor:
+    """[problems, points + rows + n]: PDE residual, linear rows, ridge, for coefficients w."""
+    k = len(names)
+    bases, offsets, (a, b) = tensors[:k], tensors[k:2 * k], tensors[2 * k:]
+    f = {name: (m @ w.unsqueeze(-1)).squeeze(-1) + c for name, m, c in zip(names, bases, offsets)}
+    rows = (a @ w.unsqueeze(-1)).squeeze(-1) - b
+    return torch.cat([pde.residual(f), rows, math.sqrt(ridge) * w], dim=-1)
+
+
+class HardConstraint(nn.Module):
+    """u = B w* + c with the PDE residual minimised at sampled points, per expert block.
+
+    Args:
+        pde: the PDE (its ``residual`` of named fields).
+        grid: the space-time grid shape the bases live on, e.g. (n_t, n_x).
+        splits: experts per grid axis, e.g. (1, 4) for 4 spatial experts; all ones = PI-HC.
+        points: residual points sampled per expert and call.
+        ridge: weight of the ridge rows on w.
+        solver, adjoint, max_steps: see :func:`~sciml.constraints.least_squares`.
+        dtype: precision of the solve (float64 by default, whatever the network's).
+        executor: where the experts are solved (default: in this process, one batched call).
+    """
+
+    def __init__(self, pde: PDE, grid: Sequence[int], splits: Sequence[int] | None = None, points: int = 1000,
+                 ridge: float = 1e-4, solver: AbstractSolver | None = None, adjoint: AbstractAdjoint | None = None,
+                 max_steps: int = 50, dtype: torch.dtype | None = torch.float64, executor: Executor | None = None):
+        super().__init__()
+        if isinstance(points, bool) or not isinstance(points, int) or points < 1:
+            raise ValueError(f"`points` (={points!r}) must be an integer >= 1.")
+        if not ridge >= 0:
+            raise ValueError(f"`ridge` (={ridge!r}) must be >= 0.")
+        self.pde, self.points, self.ridge = pde, points, float(ridge)
+        self.partition = Partition(tuple(grid), tuple(splits or (1,) * len(grid)))
+        self.solver, self.adjoint, self.max_steps, self.dtype = solver, adjoint, max_steps, dtype
+        self.executor = executor or LocalExecutor()
+        self.last_solution: Solution | None = None
+
+    def sample_points(self, generator: torch.Generator | None = None) -> Tensor:
+        """[experts, p] flat grid indices, p = min(points, smallest block), without replacement."""
+        p = min(self.points, min(len(b) for b in self.partition.blocks))
+        return torch.stack([b[torch.randperm(len(b), generator=generator)[:p]] for b in self.partition.blocks])
+
+    def forward(self, bases: Mapping[str, Tensor], offsets: Mapping[str, Tensor] | None = None,
+                rows: Rows | None = None, points: Tensor | None = None) -> Tensor:
+        """u [batch, *grid] from field bases {name: [batch, *grid, n]} (one per field the PDE
+        needs, "u" included), optional offsets {name: [batch, *grid]}, rows and sampled points
+        [experts, p] (default: a fresh draw)."""
+        names = tuple(self.pde.fields)
+        if missing := [n for n in (*names, "u") if n not in bases]:
+            raise ValueError(f"`bases` lacks the fields {missing} that {type(self.pde).__name__}'s residual needs.")
+        u_basis = bases["u"]
+        batch, n = u_basis.shape[0], u_basis.shape[-1]
+        if tuple(u_basis.shape[1:-1]) != self.partition.grid:
+            raise ValueError(f"the basis grid {tuple(u_basis.shape[1:-1])} differs from the layer's `grid` {self.partition.grid}.")
+        flat = {k: v.reshape(batch, -1, n) for k, v in bases.items()}
+        offs = {k: (offsets[k].reshape(batch, -1) if offsets and k in offsets else None) for k in bases}
+        idx = self.sample_points() if points is None else points.to(u_basis.device)
+        k_exp, p = idx.shape
+        gathered = [flat[name][:, idx] for name in names]  # [batch, K, p, n]
+        offset_pts = [offs[name][:, idx] if offs[name] is not None else torch.zeros(batch, k_exp, p, dtype=u_basis.dtype, device=u_basis.device) for name in names]
+        a, b = self._rows(flat, rows, batch, n)
+        args = [g.reshape(batch * k_exp, p, n) for g in gathered] + [o.reshape(batch * k_exp, p) for o in offset_pts] + [a, b]
+        fn = partial(_residual, self.pde, names, self.ridge)
+        y0 = torch.zeros(batch * k_exp, n, dtype=u_basis.dtype, device=u_basis.device)
+        sol = self.executor.solve(fn, y0, args, solver=self.solver, adjoint=self.adjoint, max_steps=self.max_steps, dtype=self.dtype)
+        self.last_solution = sol
+        w = sol.value.reshape(batch, k_exp, n)
+        label = self.partition.label.to(u_basis.device)
+        u = (flat["u"] * w[:, label]).sum(-1)  # each grid point with its own expert's coefficients
+        if offs["u"] is not None:
+            u = u + offs["u"]
+        return u.reshape(batch, *self.partition.grid)
+
+    def _rows(self, flat: Mapping[str, Tensor], rows: Rows | None, batch: int, n: int) -> tuple[Tensor, Tensor]:
+        """(A [batch*K, q_max, n], b [batch*K, q_max]): each expert's rows, zero-padded."""
+        k_exp = self.partition.experts
+        like = flat["u"]
+        if rows is None:
+            return like.new_zeros(batch * k_exp, 0, n), like.new_zeros(batch * k_exp, 0)
+        pts = rows.points.to(like.device)
+        a = sum(torch.as_tensor(c, dtype=like.dtype, device=like.device)[..., None] * flat[name][:, pts] for name, c in rows.coefficients.items())
+        scale = torch.as_tensor(rows.scale, dtype=like.dtype, device=like.device)
+        a = a / (scale[..., None] if scale.ndim else scale)
+        b = (rows.target.to(like) / scale).expand(batch, len(pts))
+        owner = self.partition.label.to(like.device)[pts]
+        q_max = int(torch.bincount(owner, minlength=k_exp).max()) if len(pts) else 0
+        a_out = like.new_zeros(batch, k_exp, q_max, n)
+        b_out = like.new_zeros(batch, k_exp, q_max)
+        for k in range(k_exp):
+            mine = torch.nonzero(owner == k).flatten()
+            a_out[:, k, : len(mine)] = a[:, mine]
+            b_out[:, k, : len(mine)] = b[:, mine]
+        return a_out.reshape(batch * k_exp, q_max, n), b_out.reshape(batch * k_exp, q_max)

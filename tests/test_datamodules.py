@@ -138,4 +138,16 @@ def test_too_few_samples_and_missing_files_are_refused(path, tmp_path):
 def test_hyperparameters_are_saved(path):
     dm = SampleDataModule(path, batch_size=4, seed=7)
     assert dict(dm.hparams) == dict(path=path, batch_size=4, val_fraction=0.1, test_fraction=0.1,
-                                    num_workers=0, seed=7)
+                                    num_workers=0, seed=7, generator=None, generator_params=None,
+                                    n_samples=None, generator_workers=1)
+
+
+def test_a_missing_file_is_generated_from_the_named_generator(tmp_path):
+    path = tmp_path / "made.h5"
+    dm = SampleDataModule(str(path), batch_size=2, generator="convection", generator_params={"nx": 16, "nt": 5}, n_samples=6, seed=3)
+    dm.prepare_data()
+    dm.setup()
+    assert path.exists() and len(dm.splits["train"]) + len(dm.splits["val"]) + len(dm.splits["test"]) == 6
+    assert dm.grid["x"].shape == (16,) and dm.grid["t"].shape == (5,)
+    with pytest.raises(ConfigError, match="`n_samples`"):
+        SampleDataModule(str(path), generator="convection")

@@ -107,8 +107,14 @@ class SampleDataModule(L.LightningDataModule):
     """Train/val/test loaders over the samples of one HDF5 dataset, split by `seed`."""
 
     def __init__(self, path: str, batch_size: int = 8, val_fraction: float = 0.1,
-                 test_fraction: float = 0.1, num_workers: int = 0, seed: int = 0) -> None:
+                 test_fraction: float = 0.1, num_workers: int = 0, seed: int = 0,
+                 generator: str | None = None, generator_params: dict[str, Any] | None = None,
+                 n_samples: int | None = None, generator_workers: int = 1) -> None:
+        """``generator`` (a `sciml data generate` name with ``generator_params``, ``n_samples``,
+        seeded by ``seed``) makes ``path`` when it does not exist yet; otherwise the file must exist."""
         super().__init__()
+        if generator is not None and (isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1):
+            raise ConfigError(f"`n_samples` (={n_samples!r}) must be an integer >= 1 when `generator` (={generator!r}) is given.")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"`batch_size` (={batch_size!r}) must be an integer >= 1.")
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
@@ -122,12 +128,22 @@ class SampleDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.path = path
         self.splits: dict[str, H5Samples] = {}
+        self.grid: dict[str, np.ndarray] = {}
+
+    def prepare_data(self) -> None:
+        hp = self.hparams
+        if hp.generator is not None and not Path(self.path).exists():
+            from .generators import generate
+
+            generate(hp.generator, self.path, n=hp.n_samples, seed=hp.seed, params=hp.generator_params or {}, workers=hp.generator_workers)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
         hp = self.hparams
-        n = read_dataset(self.path, load=False).n_samples
+        meta = read_dataset(self.path, load=False)
+        self.grid = {k: np.asarray(v, dtype=float) for k, v in meta.grid.items()}  # models read the grid from here
+        n = meta.n_samples
         for name, idx in split_indices(n, hp.val_fraction, hp.test_fraction, hp.seed).items():
             self.splits[name] = H5Samples(self.path, idx)
 

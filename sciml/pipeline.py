@@ -109,19 +109,35 @@ def _trainer(kwargs: dict[str, Any], out: Path, model: L.LightningModule) -> L.T
 
 
 def evaluate_model(model: L.LightningModule, dm: L.LightningDataModule, out: str | Path, name: str, train_seconds: float | None = None) -> dict[str, Any]:
-    """Metrics and plots of a grid model (``predict_grid``) against the data module's reference."""
+    """Metrics and plots of a trained model against the reference solutions of its data module.
+
+    Grid models (PINNs: ``predict_grid``) are judged on the data module's one reference solution;
+    operator models (``predict_samples``) on every sample of the test split, metrics averaged over
+    them, with each sample's ``rel_l2`` in ``per_case``.
+    """
     out = Path(out)
     dm.prepare_data()
     dm.setup("test")
     t0 = time.perf_counter()
-    pred = model.predict_grid(dm.x, dm.t)
+    if hasattr(model, "predict_samples"):
+        x, t, true, pred, cases = _predict_test_split(model, dm)
+    else:
+        x, t, true = dm.x, dm.t, dm.u[None]
+        pred = model.predict_grid(x, t)[None]
+        cases = [{"case": model.pde.params()}]
     if not np.all(np.isfinite(pred)):
         raise DataError(f"the trained model predicts NaN/Inf at {int(np.sum(~np.isfinite(pred)))} grid points: training diverged; lower the learning rate or check the loss curve in {out}.")
-    metrics = compute_metrics(pred[None], dm.u[None])
+    metrics = compute_metrics(pred, true)
+    per_case = []
+    for case, p, u in zip(cases, pred, true):
+        one = compute_metrics(p[None], u[None])
+        per_case.append({**case, **(one if len(cases) == 1 else {"rel_l2": one["rel_l2"]})})
+    if len(per_case) > 1:
+        metrics["rel_l2_std"] = float(np.std([c["rel_l2"] for c in per_case]))
     eval_s = time.perf_counter() - t0
-    title = f"{name}: {model.pde.name} {model.pde.params()}"
-    plot_solution_maps(dm.x, dm.t, pred, dm.u, out / "solution.png", title=title)
-    plot_snapshots(dm.x, dm.t, pred, dm.u, out / "snapshots.png")
+    title = f"{name}: {model.pde.name}"
+    plot_solution_maps(x, t, pred[0], true[0], out / "solution.png", title=title)
+    plot_snapshots(x, t, pred[0], true[0], out / "snapshots.png")
     history = {k: v for k, v in getattr(model, "history", {}).items() if v}
     if history:
         adam_steps = getattr(getattr(model, "opt_cfg", None), "adam_steps", 0)
@@ -131,7 +147,7 @@ def evaluate_model(model: L.LightningModule, dm: L.LightningDataModule, out: str
         "experiment": name,
         "model": getattr(model, "model_name", type(model).__name__.lower()),
         "metrics": metrics,
-        "per_case": [{"case": model.pde.params(), **metrics}],
+        "per_case": per_case,
         "seconds": {"train": train_seconds, "eval": eval_s},
         "steps": len(history.get("loss", [])),
         "device": _device_name(model),
@@ -139,6 +155,19 @@ def evaluate_model(model: L.LightningModule, dm: L.LightningDataModule, out: str
     }
     atomic_write_json(out / "metrics.json", report)
     return report
+
+
+def _predict_test_split(model: L.LightningModule, dm: L.LightningDataModule):
+    """(x, t, true [n, nt, nx], pred [n, nt, nx], cases) over the data module's test split."""
+    split = dm.splits["test"]
+    if len(split) == 0:
+        raise ConfigError("the test split is empty; raise data.test_fraction or generate more samples.")
+    items = [split[k] for k in range(len(split))]
+    true = np.stack([it["u"].double().numpy() for it in items])
+    u0 = np.stack([it["u0"].double().numpy() if "u0" in it else it["u"][0].double().numpy() for it in items])
+    x, t = dm.grid["x"], dm.grid["t"]
+    pred = model.predict_samples(u0, t, x)
+    return x, t, true, pred, [{"case": {"sample": int(it["index"])}} for it in items]
 
 
 def evaluate_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> dict[str, Any]:

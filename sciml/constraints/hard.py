@@ -73,13 +73,13 @@ class Partition:
         return len(self.blocks)
 
 
-def _residual(pde: PDE, names: tuple[str, ...], ridge: float, w: Tensor, *tensors: Tensor) -> Tensor:
+def _residual(pde: PDE, names: tuple[str, ...], ridge: float, scale: float, w: Tensor, *tensors: Tensor) -> Tensor:
     """[problems, points + rows + n]: PDE residual, linear rows, ridge, for coefficients w."""
     k = len(names)
     bases, offsets, (a, b) = tensors[:k], tensors[k:2 * k], tensors[2 * k:]
     f = {name: (m @ w.unsqueeze(-1)).squeeze(-1) + c for name, m, c in zip(names, bases, offsets)}
     rows = (a @ w.unsqueeze(-1)).squeeze(-1) - b
-    return torch.cat([pde.residual(f), rows, math.sqrt(ridge) * w], dim=-1)
+    return torch.cat([scale * pde.residual(f), rows, math.sqrt(ridge) * w], dim=-1)
 
 
 class HardConstraint(nn.Module):
@@ -91,6 +91,8 @@ class HardConstraint(nn.Module):
         splits: experts per grid axis, e.g. (1, 4) for 4 spatial experts; all ones = PI-HC.
         points: residual points sampled per expert and call.
         ridge: weight of the ridge rows on w.
+        residual_scale: factor on the PDE residual rows, to bring them to the scale of the IC/BC
+            rows (e.g. t_end when time is measured in seconds but the rows are O(1)).
         solver, adjoint, max_steps: see :func:`~sciml.constraints.least_squares`.
         dtype: precision of the solve (float64 by default, whatever the network's).
         executor: where the experts are solved (default: in this process, one batched call).
@@ -98,13 +100,14 @@ class HardConstraint(nn.Module):
 
     def __init__(self, pde: PDE, grid: Sequence[int], splits: Sequence[int] | None = None, points: int = 1000,
                  ridge: float = 1e-4, solver: AbstractSolver | None = None, adjoint: AbstractAdjoint | None = None,
-                 max_steps: int = 50, dtype: torch.dtype | None = torch.float64, executor: Executor | None = None):
+                 max_steps: int = 50, dtype: torch.dtype | None = torch.float64, executor: Executor | None = None,
+                 residual_scale: float = 1.0):
         super().__init__()
         if isinstance(points, bool) or not isinstance(points, int) or points < 1:
             raise ValueError(f"`points` (={points!r}) must be an integer >= 1.")
         if not ridge >= 0:
             raise ValueError(f"`ridge` (={ridge!r}) must be >= 0.")
-        self.pde, self.points, self.ridge = pde, points, float(ridge)
+        self.pde, self.points, self.ridge, self.residual_scale = pde, points, float(ridge), float(residual_scale)
         self.partition = Partition(tuple(grid), tuple(splits or (1,) * len(grid)))
         self.solver, self.adjoint, self.max_steps, self.dtype = solver, adjoint, max_steps, dtype
         self.executor = executor or LocalExecutor()
@@ -135,7 +138,7 @@ class HardConstraint(nn.Module):
         offset_pts = [offs[name][:, idx] if offs[name] is not None else torch.zeros(batch, k_exp, p, dtype=u_basis.dtype, device=u_basis.device) for name in names]
         a, b = self._rows(flat, rows, batch, n)
         args = [g.reshape(batch * k_exp, p, n) for g in gathered] + [o.reshape(batch * k_exp, p) for o in offset_pts] + [a, b]
-        fn = partial(_residual, self.pde, names, self.ridge)
+        fn = partial(_residual, self.pde, names, self.ridge, self.residual_scale)
         y0 = torch.zeros(batch * k_exp, n, dtype=u_basis.dtype, device=u_basis.device)
         sol = self.executor.solve(fn, y0, args, solver=self.solver, adjoint=self.adjoint, max_steps=self.max_steps, dtype=self.dtype)
         self.last_solution = sol

@@ -2,6 +2,7 @@
 
 from .base import PDE, Domain, pde_from_config
 from .derivatives import autograd_fields
+from .diffusion_sorption import DiffusionSorption
 from .periodic1d import Burgers, Convection, ConvectionDiffusion, Reaction, ReactionDiffusion
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "pde_from_config",
     "autograd_fields",
     "Burgers",
+    "DiffusionSorption",
     "Convection",
     "ConvectionDiffusion",
     "Reaction",

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import math
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -94,3 +96,16 @@ def pde_from_config(config: Mapping[str, Any]) -> PDE:
     if unknown := sorted(set(init_args) - set(valid)):
         raise ConfigError(f"{cls.__name__} has no parameter {unknown[0]!r}; its parameters are {', '.join(valid)}.")
     return cls(**init_args)
+
+
+def check_real(owner: object, name: str, *, nonnegative: bool = False) -> None:
+    """Check a parameter that may come from YAML, the command line or numpy, and store it as a
+    plain float so that configs and checkpoints (loaded with weights_only=True) hold no numpy."""
+    cls, value = type(owner).__name__, getattr(owner, name)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{cls}: `{name}` (={value!r}) must be a real number, e.g. {name}=1.0.")
+    if not math.isfinite(value):
+        raise ConfigError(f"{cls}: `{name}` (={value}) must be finite.")
+    if nonnegative and value < 0:
+        raise ConfigError(f"{cls}: `{name}` (={value}) must be >= 0.")
+    object.__setattr__(owner, name, float(value))  # the dataclass is frozen

@@ -12,7 +12,6 @@ Reference solutions come from :mod:`sciml.data.generators.spectral`.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
@@ -21,7 +20,7 @@ import numpy as np
 from torch import Tensor
 
 from ..errors import ConfigError
-from .base import PDE, Domain
+from .base import PDE, Domain, check_real
 
 _DOMAIN = Domain(space=((0.0, 2 * math.pi),), time=(0.0, 1.0), periodic=True)
 
@@ -30,19 +29,6 @@ def _spectral():
     from ..data.generators import spectral
 
     return spectral
-
-
-def _check_real(owner: object, name: str, *, nonnegative: bool = False) -> None:
-    """Check a parameter that may come from YAML, the command line or numpy, and store it as a
-    plain float so that configs and checkpoints (loaded with weights_only=True) hold no numpy."""
-    cls, value = type(owner).__name__, getattr(owner, name)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ConfigError(f"{cls}: `{name}` (={value!r}) must be a real number, e.g. {name}=1.0.")
-    if not math.isfinite(value):
-        raise ConfigError(f"{cls}: `{name}` (={value}) must be finite.")
-    if nonnegative and value < 0:
-        raise ConfigError(f"{cls}: `{name}` (={value}) must be >= 0.")
-    object.__setattr__(owner, name, float(value))  # the dataclass is frozen
 
 
 def _check_ic(owner: _Periodic1D) -> None:
@@ -77,7 +63,7 @@ class Convection(_Periodic1D):
     fields = ("u", "u_t", "u_x")
 
     def __post_init__(self) -> None:
-        _check_real(self, "beta")
+        check_real(self, "beta")
         _check_ic(self)
 
     def residual(self, f: Mapping[str, Tensor]) -> Tensor:
@@ -98,8 +84,8 @@ class ConvectionDiffusion(_Periodic1D):
     fields = ("u", "u_t", "u_x", "u_xx")
 
     def __post_init__(self) -> None:
-        _check_real(self, "beta")
-        _check_real(self, "nu", nonnegative=True)
+        check_real(self, "beta")
+        check_real(self, "nu", nonnegative=True)
         _check_ic(self)
 
     def residual(self, f: Mapping[str, Tensor]) -> Tensor:
@@ -119,7 +105,7 @@ class Reaction(_Periodic1D):
     fields = ("u", "u_t")
 
     def __post_init__(self) -> None:
-        _check_real(self, "rho")
+        check_real(self, "rho")
         _check_ic(self)
 
     def residual(self, f: Mapping[str, Tensor]) -> Tensor:
@@ -141,8 +127,8 @@ class ReactionDiffusion(_Periodic1D):
     fields = ("u", "u_t", "u_xx")
 
     def __post_init__(self) -> None:
-        _check_real(self, "rho")
-        _check_real(self, "nu", nonnegative=True)
+        check_real(self, "rho")
+        check_real(self, "nu", nonnegative=True)
         _check_ic(self)
 
     def residual(self, f: Mapping[str, Tensor]) -> Tensor:
@@ -165,8 +151,8 @@ class Burgers(_Periodic1D):
     initial_conditions = ("sine", "gaussian", "sine_offset")
 
     def __post_init__(self) -> None:
-        _check_real(self, "nu", nonnegative=True)
-        _check_real(self, "offset")
+        check_real(self, "nu", nonnegative=True)
+        check_real(self, "offset")
         _check_ic(self)
         if self.offset != 0 and self.ic != "sine_offset":
             raise ConfigError(f"Burgers: `offset` (={self.offset}) only applies to ic='sine_offset', but `ic` is {self.ic!r}; set ic=sine_offset or drop offset.")

@@ -1,0 +1,176 @@
+"""PI-SC, PI-HC and PI-HC-MoE (Chalapathi et al., ICLR 2024) for 1D problems on a (t, x) grid.
+
+An FNO maps the initial condition (broadcast over time, plus grid coordinates) to ``basis``
+functions B on the grid. PI-SC (``constraint="soft"``) takes one output as u and trains on the
+PDE residual; PI-HC (``"hard"``) sets u = B w* with w* from the hard-constraint layer's
+least-squares solve (PDE residual at sampled points, IC and BC rows, a ridge on w), and PI-HC-MoE
+splits the grid into experts (``splits``). Every variant is trained data-free on the same loss:
+the mean squared PDE residual of u over the grid plus its IC and BC mismatch.
+
+Time is measured in units of ``t_end`` inside the residual, so that u_t and the rows are O(1).
+The IC rows are relative, (u - u0) / max(u0, 1e-2), as in the reference; the BCs are
+u(0, t) = 1 and the outflow u(1, t) + D u_x(1, t) = 0 at the first and last grid columns (the
+sign PDEBench's simulator uses; the literal u = D u_x of its paper admits a mode growing like
+exp(t / (D R)) and cannot be solved: see sciml.pdes.DiffusionSorption).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..constraints import HardConstraint, LevenbergMarquardt, Rows, grid_fields
+from ..errors import ConfigError
+from ..nn import FNO
+from ..pdes import PDE, DiffusionSorption, pde_from_config
+
+_FIELDS = ("u", "u_t", "u_x", "u_xx")
+
+
+@dataclass
+class SolverConfig:
+    """The constraint layer's least-squares solve."""
+
+    points: int = 20000
+    ridge: float = 1e-8
+    tol: float = 1e-4
+    max_steps: int = 50
+
+
+@dataclass
+class ScheduleConfig:
+    """Adam with the learning rate halved every ``halve_every`` steps down to ``floor``."""
+
+    lr: float = 1e-3
+    halve_every: int = 800
+    floor: float = 1e-4
+
+
+class PhysicsFNO(L.LightningModule):
+    """An FNO basis network with a soft or hard physics constraint, on (t, x) grids.
+
+    Args:
+        pde: the PDE (diffusion-sorption: its residual, domain and BC coefficient D).
+        constraint: "soft" (PI-SC) or "hard" (PI-HC; with ``splits`` PI-HC-MoE).
+        splits: experts per (t, x) axis, e.g. [1, 4]; [1, 1] is a single expert.
+        basis: number of basis functions N (the FNO's outputs; 1 is used for "soft").
+        width, layers, modes: the FNO.
+        solver: the hard layer's sampled points, ridge, tolerance and steps.
+        schedule: the optimiser.
+    """
+
+    model_name = "pi_hc"
+
+    def __init__(self, pde: PDE, constraint: str = "hard", splits: Sequence[int] = (1, 1), basis: int = 16,
+                 width: int = 64, layers: int = 5, modes: Sequence[int] = (8, 8),
+                 solver: SolverConfig | dict | None = None, schedule: ScheduleConfig | dict | None = None):
+        super().__init__()
+        if constraint not in ("soft", "hard"):
+            raise ConfigError(f"model.constraint (={constraint!r}) must be 'soft' (PI-SC) or 'hard' (PI-HC).")
+        if not isinstance(pde, DiffusionSorption):
+            raise ConfigError(f"PhysicsFNO handles sciml.pdes.DiffusionSorption so far, not {type(pde).__name__}.")
+        self.pde, self.constraint, self.splits = pde, constraint, tuple(int(s) for s in splits)
+        self.solver_cfg = _as(SolverConfig, solver)
+        self.schedule = _as(ScheduleConfig, schedule)
+        self.net = FNO(1, basis if constraint == "hard" else 1, tuple(modes), width=width, layers=layers, with_grid=True)
+        self.model_name = "pi_sc" if constraint == "soft" else ("pi_hc_moe" if any(s > 1 for s in self.splits) else "pi_hc")
+        self.save_hyperparameters({
+            "pde": pde.to_config(), "constraint": constraint, "splits": list(self.splits), "basis": int(basis),
+            "width": int(width), "layers": int(layers), "modes": [int(m) for m in modes],
+            "solver": asdict(self.solver_cfg), "schedule": asdict(self.schedule),
+        })
+        self.history: dict[str, list[float]] = {"loss": [], "pde": [], "ic": [], "bc": []}
+        self._layers: dict[tuple[int, int], HardConstraint] = {}
+
+    # -- prediction ------------------------------------------------------------------------------
+    def _layer(self, grid: tuple[int, int]) -> HardConstraint:
+        if grid not in self._layers:
+            s = self.solver_cfg
+            self._layers[grid] = HardConstraint(
+                self.pde, grid, self.splits, points=s.points, ridge=s.ridge, max_steps=s.max_steps,
+                solver=LevenbergMarquardt(rtol=s.tol, atol=s.tol * 1e-3), residual_scale=self.pde.t_end,
+            )
+        return self._layers[grid]
+
+    def _fields(self, b: Tensor, t: np.ndarray, x: np.ndarray) -> dict[str, Tensor]:
+        spacing = {"t": float(t[1] - t[0]), "x": float(x[1] - x[0])}
+        return grid_fields(b, _FIELDS, spacing, {}, {"t": 1, "x": 2})
+
+    def _rows(self, u0: Tensor, nt: int, nx: int) -> Rows:
+        ic = torch.arange(nx, device=u0.device)
+        left = torch.arange(nt, device=u0.device) * nx
+        right = left + nx - 1
+        points = torch.cat([ic, left, right])
+        ones, zeros = torch.ones(nt, dtype=u0.dtype, device=u0.device), torch.zeros(nt, dtype=u0.dtype, device=u0.device)
+        coef_u = torch.ones(len(points), dtype=u0.dtype, device=u0.device)
+        coef_ux = torch.cat([torch.zeros(nx + nt, dtype=u0.dtype, device=u0.device), self.pde.D * ones])
+        target = torch.cat([u0, ones.expand(len(u0), nt), zeros.expand(len(u0), nt)], dim=1)
+        scale = torch.cat([u0.clamp_min(1e-2), ones.expand(len(u0), nt), ones.expand(len(u0), nt)], dim=1)
+        return Rows(points=points, coefficients={"u": coef_u, "u_x": coef_ux}, target=target, scale=scale)
+
+    def forward(self, u0: Tensor, t: np.ndarray, x: np.ndarray) -> Tensor:
+        """u [batch, n_t, n_x] from u0 [batch, n_x] on the grid (t, x)."""
+        nt, nx = len(t), len(x)
+        inputs = u0[:, None, None, :].expand(-1, 1, nt, nx)
+        b = self.net(inputs).permute(0, 2, 3, 1)  # [batch, nt, nx, N]
+        if self.constraint == "soft":
+            return b[..., 0]
+        return self._layer((nt, nx))(self._fields(b, t, x), rows=self._rows(u0, nt, nx))
+
+    # -- training ---------------------------------------------------------------------------------
+    def loss_terms(self, u: Tensor, u0: Tensor, t: np.ndarray, x: np.ndarray) -> dict[str, Tensor]:
+        f = self._fields(u[..., None], t, x)
+        f = {k: v[..., 0] for k, v in f.items()}
+        pde = (self.pde.t_end * self.pde.residual(f))[:, 1:, 1:-1].pow(2).mean()
+        ic = (u[:, 0] - u0).pow(2).mean()
+        bc = (u[:, :, 0] - 1).pow(2).mean() + (u[:, :, -1] + self.pde.D * f["u_x"][:, :, -1]).pow(2).mean()
+        return {"loss": pde + ic + bc, "pde": pde, "ic": ic, "bc": bc}
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        t, x = self.trainer.datamodule.grid["t"], self.trainer.datamodule.grid["x"]
+        u0 = batch["u0"]
+        terms = self.loss_terms(self(u0, t, x), u0, t, x)
+        for k, v in terms.items():
+            self.history[k].append(float(v.detach()))
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(u0))
+        layer = self._layers.get((len(t), len(x)))
+        if layer is not None and layer.last_solution is not None:
+            self.log("train/solver_ok", layer.last_solution.successful.double().mean(), on_step=True, on_epoch=False, batch_size=len(u0))
+        return terms["loss"]
+
+    def configure_optimizers(self):
+        s = self.schedule
+        opt = torch.optim.Adam(self.parameters(), lr=s.lr)
+        factor = lambda step: max(0.5 ** (step // max(s.halve_every, 1)), s.floor / s.lr)  # noqa: E731
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor), "interval": "step"}}
+
+    @torch.no_grad()
+    def predict_samples(self, u0: np.ndarray, t: np.ndarray, x: np.ndarray, batch_size: int = 4) -> np.ndarray:
+        """u [n, n_t, n_x] for initial conditions u0 [n, n_x], as float64 numpy."""
+        p = next(self.parameters())
+        out = [self(torch.as_tensor(u0[i:i + batch_size], dtype=p.dtype, device=p.device), t, x).double().cpu().numpy()
+               for i in range(0, len(u0), batch_size)]
+        return np.concatenate(out)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["sciml_model"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint["loss_history"] = self.history
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history = {k: list(v) for k, v in checkpoint.get("loss_history", self.history).items()}
+
+    @classmethod
+    def from_hparams(cls, hparams: dict) -> PhysicsFNO:
+        hp = dict(hparams)
+        return cls(pde=pde_from_config(hp.pop("pde")), **hp)
+
+
+def _as(cls, value):
+    if value is None:
+        return cls()
+    return cls(**value) if isinstance(value, dict) else value

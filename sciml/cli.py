@@ -66,9 +66,13 @@ def _parser() -> argparse.ArgumentParser:
     i = dsub.add_parser("info", help="validate a dataset file against the schema and summarise it", parents=[common])
     i.add_argument("file", metavar="FILE")
 
-    for name, what in (("pretrained", "pretrained solvers"), ("bench", "benchmarks")):
-        r = sub.add_parser(name, help=f"{what} (reserved; not available in this version)", parents=[common])
-        r.add_argument("args", nargs="*")
+    b = sub.add_parser("bench", help="side-by-side benchmarks against peers (see benchmarks/RESULTS.md)", parents=[common])
+    b.add_argument("name", metavar="NAME", help="constraint (our layer vs cvxpylayers) or data (generation throughput)")
+    b.add_argument("--quick", action="store_true", help="a reduced size that runs in a few minutes on a CPU")
+    b.add_argument("--out", default="benchmarks/results", help="folder for NAME.json and NAME.md (default benchmarks/results)")
+    b.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0: all cores)")
+    r = sub.add_parser("pretrained", help="pretrained solvers (reserved; not available in this version)", parents=[common])
+    r.add_argument("args", nargs="*")
     return p
 
 
@@ -124,6 +128,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .data.schema import summarize
 
         print(summarize(args.file))
+    elif args.command == "bench":
+        from .bench import run_benchmark
+        from .pipeline import set_threads
+
+        if args.threads < 0:
+            raise ConfigError(f"--threads (={args.threads}) must be >= 0 (0: all cores).")
+        set_threads(args.threads)
+        run_benchmark(args.name, quick=args.quick, out_dir=args.out)
     else:
         raise SciMLError(f"`sciml {args.command}` is reserved but not available in sciml {__version__} yet.")
     return 0

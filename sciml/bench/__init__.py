@@ -1,0 +1,28 @@
+"""Side-by-side benchmarks (``sciml bench NAME``): ours and a peer, in one run, as ratios.
+
+Each benchmark is a module with ``run(quick: bool, out_dir: Path) -> dict`` that measures, prints
+a markdown table and writes ``out_dir/NAME.json`` and ``out_dir/NAME.md``. Register it in
+``BENCHMARKS`` (name -> module path); modules are imported only when run.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, did_you_mean
+
+BENCHMARKS: dict[str, str] = {
+    "constraint": "sciml.bench.constraint",
+    "data": "sciml.bench.data",
+}
+
+
+def run_benchmark(name: str, quick: bool = False, out_dir: str | Path = "benchmarks/results") -> dict[str, Any]:
+    if name not in BENCHMARKS:
+        raise ConfigError(f"unknown benchmark {name!r}.{did_you_mean(name, BENCHMARKS)} Available: {', '.join(BENCHMARKS)}.")
+    module = importlib.import_module(BENCHMARKS[name])
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return module.run(quick=quick, out_dir=out)

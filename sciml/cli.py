@@ -65,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--ray-address", help="address of a running Ray cluster (default: start local workers)")
     i = dsub.add_parser("info", help="validate a dataset file against the schema and summarise it", parents=[common])
     i.add_argument("file", metavar="FILE")
+    x = dsub.add_parser("xdmf", help="export one sample of a mesh dataset to XDMF for ParaView (needs the fem extra)", parents=[common])
+    x.add_argument("file", metavar="FILE")
+    x.add_argument("--out", help="output .xdmf (default FILE-sampleK.xdmf; DOLFINx writes the values to the .h5 of the same stem)")
+    x.add_argument("--sample", type=int, default=0, help="which sample (default 0)")
 
     b = sub.add_parser("bench", help="side-by-side benchmarks against peers (see benchmarks/RESULTS.md)", parents=[common])
     b.add_argument("name", metavar="NAME", help="constraint (our layer vs cvxpylayers) or data (generation throughput)")
@@ -128,6 +132,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .data.schema import summarize
 
         print(summarize(args.file))
+    elif args.command == "data" and args.data_command == "xdmf":
+        from .data.xdmf import export_xdmf
+
+        out = args.out or f"{os.path.splitext(args.file)[0]}-sample{args.sample}.xdmf"
+        print(f"wrote {export_xdmf(args.file, out, sample=args.sample)}")
     elif args.command == "bench":
         from .bench import run_benchmark
         from .pipeline import set_threads

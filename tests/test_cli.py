@@ -341,3 +341,49 @@ def test_out_must_be_a_folder(capsys, tmp_path):
 def test_negative_threads_is_refused(capsys, tmp_path):
     code, _, err = sciml(capsys, "run", QUICKSTART, "threads=-2", *TINY, "--out", tmp_path / "r")
     assert_clean_error(code, err, "`threads` (=-2)")
+
+
+def test_xdmf_export_never_overwrites_the_dataset(capsys, tmp_path):
+    pytest.importorskip("mpi4py.MPI")
+    pytest.importorskip("dolfinx")
+    data = tmp_path / "pme.h5"
+    assert cli.main(["data", "generate", "pme_fem", "dim=2", "nx=6", "nt=3", "--out", str(data)]) == 0
+    before = data.read_bytes()
+    code, _, err = sciml(capsys, "data", "xdmf", data, "--out", tmp_path / "pme.xdmf")
+    assert_clean_error(code, err, "would overwrite the dataset")
+    assert data.read_bytes() == before
+    assert cli.main(["data", "xdmf", str(data)]) == 0
+    assert (tmp_path / "pme-sample0.xdmf").exists() and (tmp_path / "pme-sample0.h5").exists()
+
+
+def test_killed_generation_resumes_to_a_complete_valid_file(tmp_path):
+    """SIGKILL in the middle of `sciml data generate`: the rerun finishes the .partial file."""
+    import signal
+    import time
+
+    import h5py
+
+    out = tmp_path / "b.h5"
+    argv = [sys.executable, "-m", "sciml.cli", "data", "generate", "burgers", "nx=512", "nt=50", "nu=0.01", "--n", "40", "--out", str(out)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = tmp_path / "b.h5.partial"
+    deadline = time.monotonic() + 120
+    done = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        if partial.exists():
+            try:
+                with h5py.File(partial, "r", locking=False) as f:
+                    done = int(f["samples/done"][()].sum())
+            except (OSError, KeyError):
+                continue
+            if done >= 2:
+                break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists() and partial.exists() and 2 <= done < 40
+    rerun = subprocess.run(argv, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    from sciml.data.schema import validate_dataset
+
+    assert validate_dataset(out).n_samples == 40 and not partial.exists()

@@ -9,7 +9,8 @@ the mean squared PDE residual of u over the grid plus its IC and BC mismatch.
 
 Time is measured in units of ``t_end`` inside the residual, so that u_t and the rows are O(1).
 The IC rows are relative, (u - u0) / max(u0, 1e-2), as in the reference; the BCs are
-u(0, t) = 1 and the outflow u(1, t) + D u_x(1, t) = 0 at the first and last grid columns (the
+u(0, t) = 1 and the outflow u(1, t) + D u_x(1, t) = 0, with u extrapolated from the first and
+last grid columns (cell centres) to x = 0 and x = 1 (the
 sign PDEBench's simulator uses; the literal u = D u_x of its paper admits a mode growing like
 exp(t / (D R)) and cannot be solved: see sciml.pdes.DiffusionSorption).
 """
@@ -101,14 +102,16 @@ class PhysicsFNO(L.LightningModule):
         spacing = {"t": float(t[1] - t[0]), "x": float(x[1] - x[0])}
         return grid_fields(b, _FIELDS, spacing, {}, {"t": 1, "x": 2})
 
-    def _rows(self, u0: Tensor, nt: int, nx: int) -> Rows:
+    def _rows(self, u0: Tensor, nt: int, nx: int, half_cell: float) -> Rows:
         ic = torch.arange(nx, device=u0.device)
-        left = torch.arange(nt, device=u0.device) * nx
+        left = torch.arange(1, nt, device=u0.device) * nx  # BCs for t > 0: the IC need not meet them
         right = left + nx - 1
         points = torch.cat([ic, left, right])
+        nt = nt - 1
         ones, zeros = torch.ones(nt, dtype=u0.dtype, device=u0.device), torch.zeros(nt, dtype=u0.dtype, device=u0.device)
         coef_u = torch.ones(len(points), dtype=u0.dtype, device=u0.device)
-        coef_ux = torch.cat([torch.zeros(nx + nt, dtype=u0.dtype, device=u0.device), self.pde.D * ones])
+        # The grid holds cell centres: the boundary values are extrapolated half a cell outwards.
+        coef_ux = torch.cat([torch.zeros(nx, dtype=u0.dtype, device=u0.device), -half_cell * ones, (half_cell + self.pde.D) * ones])
         target = torch.cat([u0, ones.expand(len(u0), nt), zeros.expand(len(u0), nt)], dim=1)
         scale = torch.cat([u0.clamp_min(1e-2), ones.expand(len(u0), nt), ones.expand(len(u0), nt)], dim=1)
         return Rows(points=points, coefficients={"u": coef_u, "u_x": coef_ux}, target=target, scale=scale)
@@ -120,7 +123,10 @@ class PhysicsFNO(L.LightningModule):
         b = self.net(inputs).permute(0, 2, 3, 1)  # [batch, nt, nx, N]
         if self.constraint == "soft":
             return b[..., 0]
-        return self._layer((nt, nx))(self._fields(b, t, x), rows=self._rows(u0, nt, nx))
+        layer = self._layer((nt, nx))
+        # Fresh points every training step; fixed ones in evaluation, so predictions are repeatable.
+        points = None if self.training else layer.sample_points(torch.Generator().manual_seed(0))
+        return layer(self._fields(b, t, x), rows=self._rows(u0, nt, nx, _half_cell(x)), points=points)
 
     # -- training ---------------------------------------------------------------------------------
     def loss_terms(self, u: Tensor, u0: Tensor, t: np.ndarray, x: np.ndarray) -> dict[str, Tensor]:
@@ -128,7 +134,11 @@ class PhysicsFNO(L.LightningModule):
         f = {k: v[..., 0] for k, v in f.items()}
         pde = (self.pde.t_end * self.pde.residual(f))[:, 1:, 1:-1].pow(2).mean()
         ic = (u[:, 0] - u0).pow(2).mean()
-        bc = (u[:, :, 0] - 1).pow(2).mean() + (u[:, :, -1] + self.pde.D * f["u_x"][:, :, -1]).pow(2).mean()
+        h = _half_cell(x)
+        left = u[:, :, 0] - h * f["u_x"][:, :, 0]
+        right = u[:, :, -1] + h * f["u_x"][:, :, -1]
+        # BCs hold for t > 0 only: at t = 0 the IC need not meet u(0) = 1.
+        bc = (left[:, 1:] - 1).pow(2).mean() + (right + self.pde.D * f["u_x"][:, :, -1])[:, 1:].pow(2).mean()
         return {"loss": pde + ic + bc, "pde": pde, "ic": ic, "bc": bc}
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -168,6 +178,11 @@ class PhysicsFNO(L.LightningModule):
     def from_hparams(cls, hparams: dict) -> PhysicsFNO:
         hp = dict(hparams)
         return cls(pde=pde_from_config(hp.pop("pde")), **hp)
+
+
+def _half_cell(x: np.ndarray) -> float:
+    """Distance from the first grid point to the boundary: half a cell on cell-centred grids."""
+    return float(x[0] - 0.0)
 
 
 def _as(cls, value):

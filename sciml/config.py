@@ -64,7 +64,7 @@ def parse_override(item: str, example: str = "trainer.max_steps=100") -> tuple[s
 
 def load_config(path: str | Path, overrides: Sequence[str] = (), quick: bool = False) -> tuple[ArgumentParser, Namespace]:
     """Parse and validate an experiment file plus ``key=value`` overrides (and ``quick`` ones)."""
-    raw = _read_yaml(Path(path))
+    raw = read_yaml(Path(path))
     parser = build_parser()
     pairs = [parse_override(o) for o in overrides]
     if quick:
@@ -88,7 +88,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = (), quick: bool = F
     return parser, cfg
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path) -> dict:
     """The experiment file as a mapping; a missing, unreadable or malformed file is a ConfigError."""
     if path.is_dir():
         raise ConfigError(f"{path} is a folder; give an experiment file inside it, e.g. experiments/quickstart.yaml.")

@@ -23,7 +23,7 @@ from lightning.pytorch.loggers import CSVLogger
 from . import __version__
 from ._io import atomic_write_json, atomic_write_text
 from .callbacks import StepProgress
-from .config import dump_config, instantiate, load_config
+from .config import dump_config, instantiate, load_config, read_yaml
 from .errors import ConfigError, DataError
 from .metrics import compute_metrics
 from .models import load_model
@@ -43,7 +43,14 @@ def run_experiment(
     overrides: tuple[str, ...] | list[str] = (),
     evaluate: bool = True,
 ) -> dict[str, Any]:
-    """Data -> train -> (evaluate -> report). Returns the metrics.json content (or the train summary)."""
+    """Data -> train -> (evaluate -> report). Returns the metrics.json content (or the train summary).
+
+    A config with a ``study:`` key is a study of many runs (:mod:`sciml.studies`)."""
+    from .studies import is_study, run_study
+
+    raw = read_yaml(Path(config))
+    if is_study(raw):
+        return run_study(Path(config), raw, Path(out) if out else None, quick, overrides)
     parser, cfg = load_config(config, overrides, quick)
     out = Path(out) if out else default_out(cfg.name, quick)
     if out.exists() and not out.is_dir():

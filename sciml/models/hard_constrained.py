@@ -94,7 +94,7 @@ class PhysicsFNO(L.LightningModule):
             s = self.solver_cfg
             self._layers[grid] = HardConstraint(
                 self.pde, grid, self.splits, points=s.points, ridge=s.ridge, max_steps=s.max_steps,
-                solver=LevenbergMarquardt(rtol=s.tol, atol=s.tol * 1e-3), residual_scale=self.pde.t_end,
+                solver=LevenbergMarquardt(rtol=s.tol, atol=s.tol * 1e-3),
             )
         return self._layers[grid]
 

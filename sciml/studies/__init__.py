@@ -1,0 +1,74 @@
+"""Studies: experiments made of many runs (sweeps, loss landscapes), run by ``sciml run``.
+
+A study config names a function under ``sciml.studies`` and its arguments::
+
+    name: lpinn_sweep
+    study: sciml.studies.lpinn.sweep      # function(out: Path, quick: bool, **args) -> dict
+    args: {speeds: [0, 2, 5]}
+    quick: {speeds: [5, 30]}              # argument overrides applied by --quick
+
+The function trains and evaluates what it needs, writes its tables and plots into ``out`` and
+returns the content of ``metrics.json``, which is written last (its presence means complete).
+Command-line overrides ``key=value`` set arguments (``args.key=value`` works too).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .._io import atomic_write_json, atomic_write_text
+from ..errors import ConfigError, did_you_mean
+
+_KEYS = ("name", "description", "study", "args", "quick", "seed", "threads")
+
+
+def is_study(raw: dict) -> bool:
+    return "study" in raw
+
+
+def run_study(path: Path, raw: dict, out: Path | None, quick: bool, overrides: Sequence[str]) -> dict[str, Any]:
+    from ..config import parse_override
+    from ..pipeline import default_out, set_threads
+
+    if unknown := [k for k in raw if k not in _KEYS]:
+        raise ConfigError(f"unknown key {unknown[0]!r} in the study {path}.{did_you_mean(unknown[0], _KEYS)} A study has {', '.join(_KEYS)}.")
+    target = str(raw["study"])
+    module_name, _, fn_name = target.rpartition(".")
+    if not module_name.startswith("sciml.studies"):
+        raise ConfigError(f"`study` (={target!r}) must name a function under sciml.studies, e.g. sciml.studies.lpinn.sweep.")
+    try:
+        fn = getattr(importlib.import_module(module_name), fn_name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"`study` (={target!r}) cannot be imported ({exc}).") from exc
+    args = dict(raw.get("args") or {})
+    changes = dict(raw.get("quick") or {}) if quick else {}
+    for item in overrides:
+        key, value = parse_override(item, example="args.speeds=[5,30]")
+        changes[key.removeprefix("args.")] = yaml.safe_load(value)
+    allowed = [p for p in inspect.signature(fn).parameters if p not in ("out", "quick")]
+    for key, value in changes.items():
+        if key not in allowed:
+            raise ConfigError(f"{target} has no argument {key!r}.{did_you_mean(key, allowed)} Its arguments are {', '.join(allowed)}.")
+        args[key] = value
+    name = str(raw.get("name", ""))
+    if not name or "/" in name or name in (".", ".."):
+        raise ConfigError(f"`name` (={name!r}) in {path} names the run folder runs/NAME: give a plain folder name.")
+    out = Path(out) if out else default_out(name, quick)
+    set_threads(int(raw.get("threads", 1)))
+    resolved = {k: v for k, v in raw.items() if k != "quick"} | {"args": args}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").unlink(missing_ok=True)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    try:
+        report = fn(out=out, quick=quick, **args)
+    except TypeError as exc:
+        raise ConfigError(f"{target}: {exc}. Check the study's `args` in {path}.") from exc
+    report = {"experiment": name, **report}
+    atomic_write_json(out / "metrics.json", report)
+    return report

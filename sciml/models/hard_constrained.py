@@ -41,6 +41,8 @@ class SolverConfig:
     ridge: float = 1e-8
     tol: float = 1e-4
     max_steps: int = 50
+    pde_scale: float = 1.0  # factor on the PDE rows (t_end makes them O(1); 1 is the reference's raw units)
+    row_weight: float = 1.0  # factor on the IC/BC rows
 
 
 @dataclass
@@ -94,7 +96,7 @@ class PhysicsFNO(L.LightningModule):
             s = self.solver_cfg
             self._layers[grid] = HardConstraint(
                 self.pde, grid, self.splits, points=s.points, ridge=s.ridge, max_steps=s.max_steps,
-                solver=LevenbergMarquardt(rtol=s.tol, atol=s.tol * 1e-3),
+                solver=LevenbergMarquardt(rtol=s.tol, atol=s.tol * 1e-3), residual_scale=s.pde_scale,
             )
         return self._layers[grid]
 
@@ -113,7 +115,7 @@ class PhysicsFNO(L.LightningModule):
         # The grid holds cell centres: the boundary values are extrapolated half a cell outwards.
         coef_ux = torch.cat([torch.zeros(nx, dtype=u0.dtype, device=u0.device), -half_cell * ones, (half_cell + self.pde.D) * ones])
         target = torch.cat([u0, ones.expand(len(u0), nt), zeros.expand(len(u0), nt)], dim=1)
-        scale = torch.cat([u0.clamp_min(1e-2), ones.expand(len(u0), nt), ones.expand(len(u0), nt)], dim=1)
+        scale = torch.cat([u0.clamp_min(1e-2), ones.expand(len(u0), nt), ones.expand(len(u0), nt)], dim=1) / self.solver_cfg.row_weight
         return Rows(points=points, coefficients={"u": coef_u, "u_x": coef_ux}, target=target, scale=scale)
 
     def forward(self, u0: Tensor, t: np.ndarray, x: np.ndarray) -> Tensor:

@@ -16,6 +16,7 @@ from ..errors import ConfigError, did_you_mean
 BENCHMARKS: dict[str, str] = {
     "constraint": "sciml.bench.constraint",
     "data": "sciml.bench.data",
+    "solver": "sciml.bench.solver",
 }
 
 

@@ -54,11 +54,12 @@ def solve(fn: Residual, y0: Tensor, args: Sequence[Tensor], solver: AbstractSolv
         cost_new = _cost(r_new)
         finite_new = torch.isfinite(r_new).all(-1) & torch.isfinite(jac_new).flatten(1).all(-1)
         keep = active & solver.accept(cost, torch.where(finite_new, cost_new, torch.full_like(cost_new, float("inf"))), step, state) & finite_new
+        decrease = cost - cost_new
         y = torch.where(keep[:, None], trial, y)
         r = torch.where(keep[:, None], r_new, r)
         jac = torch.where(keep[:, None, None], jac_new, jac)
         cost = torch.where(keep, cost_new, cost)
-        done = keep & solver.converged(y, delta, r, state)
+        done = keep & solver.converged(y, delta, r, state, decrease, cost)
         result = torch.where(done, torch.full_like(result, int(Result.successful)), result)
         active = active & ~done
     return Solution(value=y, result=result, steps=steps, cost=cost)

@@ -50,8 +50,9 @@ class Step:
 class AbstractSolver(ABC):
     """A least-squares solver: tolerances, a step rule, and what it does with a trial point.
 
-    Convergence of problem b: its accepted step is small, max|delta| <= atol + rtol max|y|, or its
-    residual vanishes, max|r| <= atol.
+    Convergence of problem b after an accepted step: the step is small, max|delta| <= atol +
+    rtol max|y|; or the cost stopped moving, 0 < decrease <= rtol^2 cost (y is then known to
+    about rtol); or the residual vanishes, max|r| <= atol.
     """
 
     rtol: float
@@ -69,9 +70,10 @@ class AbstractSolver(ABC):
         """Which trial points to keep [batch] bool; may update ``state``."""
         return torch.isfinite(new_cost)
 
-    def converged(self, y: Tensor, delta: Tensor, r: Tensor, state: dict[str, Tensor]) -> Tensor:
+    def converged(self, y: Tensor, delta: Tensor, r: Tensor, state: dict[str, Tensor], decrease: Tensor, cost: Tensor) -> Tensor:
         small_step = delta.abs().amax(-1) <= self.atol + self.rtol * y.abs().amax(-1)
-        return small_step | (r.abs().amax(-1) <= self.atol)
+        flat = (decrease > 0) & (decrease <= self.rtol**2 * cost)
+        return small_step | flat | (r.abs().amax(-1) <= self.atol)
 
 
 def _normal_equations(r: Tensor, jac: Tensor) -> tuple[Tensor, Tensor]:
@@ -107,7 +109,7 @@ class LevenbergMarquardt(AbstractSolver):
 
     rtol: float = 1e-8
     atol: float = 1e-10
-    damping: float = 1e-3
+    damping: float = 1e-6
     min_damping: float = 1e-12
     max_damping: float = 1e12
 
@@ -137,6 +139,6 @@ class LevenbergMarquardt(AbstractSolver):
         state["lambda"] = lam.clamp(self.min_damping, self.max_damping)
         return good
 
-    def converged(self, y: Tensor, delta: Tensor, r: Tensor, state: dict[str, Tensor]) -> Tensor:
+    def converged(self, y: Tensor, delta: Tensor, r: Tensor, state: dict[str, Tensor], decrease: Tensor, cost: Tensor) -> Tensor:
         # A heavily damped step is small because of the damping, not because y has converged.
-        return super().converged(y, delta, r, state) & (state["lambda"] <= 1) | (r.abs().amax(-1) <= self.atol)
+        return super().converged(y, delta, r, state, decrease, cost) & (state["lambda"] <= 1) | (r.abs().amax(-1) <= self.atol)

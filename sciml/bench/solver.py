@@ -1,0 +1,206 @@
+"""The PI-HC constraint solve against the reference's solver, and MoE scaling (``sciml bench solver``).
+
+1. Ours (``sciml.constraints.least_squares``, Levenberg-Marquardt, implicit adjoint) against
+   optimistix's Levenberg-Marquardt with its implicit adjoint (JAX, jit-compiled, vmapped over
+   batch x experts), the PI-HC reference's solver, on the same diffusion-sorption constraint:
+   random smooth bases stand in for the FNO; residual = [PDE residual at sampled points;
+   (u_ic - u0) / u0; u(0, t) - 1; outflow rows; 1e-4 w]; float64, rtol = atol = 1e-4; median of
+   repeats after a warm-up (compilation excluded). Forward, and forward + backward (gradient of a
+   fixed linear functional of w with respect to every basis matrix).
+2. MoE scaling: one expert with P points against 4 experts with P / 4 each, P from 1e2 to 1e5:
+   forward + backward time and peak resident memory (each size in a fresh process).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+
+D, T_END = 5e-4, 500.0
+R_COEF = (1 - 0.29) / 0.29 * 2880 * 3.5e-4 * 0.874
+N_F = 0.874
+
+
+def make_problem(batch: int, experts: int, points: int, n: int = 16, nt: int = 101, nx: int = 1024, seed: int = 0) -> dict[str, np.ndarray]:
+    """One constraint per (batch x expert), all float64 numpy: the fields (u, u_t, u_xx) of random
+    smooth bases at ``points`` sampled grid points, and IC/BC rows ``a w = b``. The bases are
+    analytic, so they are evaluated at the points only, never on the whole grid."""
+    rng = np.random.default_rng(seed)
+    problems = batch * experts
+    a1 = np.arange(1, n + 1) / 2 + rng.uniform(-0.1, 0.1, (problems, 1, n))  # distinct frequencies: well posed
+    a2, ph = rng.uniform(0.5, 3, (2, problems, 1, n))
+    decay = rng.uniform(0.1, 1.0, (problems, 1, n)) / T_END
+
+    def fields(t: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        t, x = t[..., None], x[..., None]
+        wave, still = np.cos(np.pi * a1 * x + ph) * np.exp(-decay * t), np.sin(np.pi * a2 * x)
+        u = 0.1 * (1 + wave + 0.2 * still)
+        return u, -0.1 * decay * wave, 0.1 * (-(np.pi * a1) ** 2 * wave - 0.2 * (np.pi * a2) ** 2 * still)
+
+    t_grid, x_grid = np.linspace(0, T_END, nt), (np.arange(nx) + 0.5) / nx
+    u, u_t, u_xx = fields(t_grid[rng.integers(0, nt, (problems, points))], x_grid[rng.integers(0, nx, (problems, points))])
+    u0 = rng.uniform(0.02, 0.3, (problems, nx))
+    ic = fields(np.zeros((problems, nx)), np.broadcast_to(x_grid, (problems, nx)))[0] / u0[..., None]
+    left = fields(np.broadcast_to(t_grid[1:], (problems, nt - 1)), np.full((problems, nt - 1), x_grid[0]))[0]
+    right = fields(np.broadcast_to(t_grid[1:], (problems, nt - 1)), np.full((problems, nt - 1), x_grid[-1]))[0]
+    a = np.concatenate([ic, left, right], axis=1)
+    b = np.concatenate([np.ones((problems, nx)), np.ones((problems, nt - 1)), np.zeros((problems, nt - 1))], axis=1)
+    return {"u": u, "u_t": u_t, "u_xx": u_xx, "a": a, "b": b}
+
+
+def _torch_residual(w, bu, bt, bxx, a, b):
+    u = (bu @ w[..., None])[..., 0]
+    r_pde = (bt @ w[..., None])[..., 0] - D / (1 + R_COEF * (u.clamp_min(0) + 1e-6) ** (N_F - 1)) * (bxx @ w[..., None])[..., 0]
+    return torch.cat([r_pde, (a @ w[..., None])[..., 0] - b, 1e-4 * w], dim=-1)
+
+
+def time_ours(p: dict[str, np.ndarray], backward: bool, repeats: int) -> tuple[float, np.ndarray]:
+    from ..constraints import ImplicitAdjoint, LevenbergMarquardt, least_squares
+
+    tensors = {k: torch.as_tensor(v) for k, v in p.items()}
+    weights = torch.linspace(-1, 1, p["u"].shape[-1], dtype=torch.float64)
+
+    def once() -> np.ndarray:
+        args = [tensors[k].clone().requires_grad_(backward and k in ("u", "u_t", "u_xx")) for k in ("u", "u_t", "u_xx", "a", "b")]
+        sol = least_squares(_torch_residual, torch.zeros(len(args[0]), args[0].shape[-1], dtype=torch.float64), args,
+                            solver=LevenbergMarquardt(rtol=1e-4, atol=1e-4), adjoint=ImplicitAdjoint(), max_steps=100, throw=False)
+        if backward:
+            torch.autograd.grad((sol.value * weights).sum(), args[:3])
+        return sol.value.detach().numpy()
+
+    once()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        value = once()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), value
+
+
+def time_optimistix(p: dict[str, np.ndarray], backward: bool, repeats: int) -> tuple[float, np.ndarray] | None:
+    try:
+        import jax
+        import jax.numpy as jnp
+        import optimistix as optx
+    except ImportError:
+        return None
+    jax.config.update("jax_enable_x64", True)
+
+    def residual(w, args):
+        bu, bt, bxx, a, b = args
+        u = bu @ w
+        r_pde = bt @ w - D / (1 + R_COEF * (jnp.maximum(u, 0) + 1e-6) ** (N_F - 1)) * (bxx @ w)
+        return jnp.concatenate([r_pde, a @ w - b, 1e-4 * w])
+
+    solver = optx.LevenbergMarquardt(rtol=1e-4, atol=1e-4)
+    n = p["u"].shape[-1]
+    weights = jnp.linspace(-1, 1, n)
+
+    def solve_one(bu, bt, bxx, a, b):
+        sol = optx.least_squares(residual, solver, jnp.zeros(n), args=(bu, bt, bxx, a, b), adjoint=optx.ImplicitAdjoint(), max_steps=100, throw=False)
+        return sol.value
+
+    batched = jax.vmap(solve_one)
+    args = tuple(jnp.asarray(p[k]) for k in ("u", "u_t", "u_xx", "a", "b"))
+    if backward:
+        fn = jax.jit(jax.value_and_grad(lambda bu, bt, bxx, a, b: (batched(bu, bt, bxx, a, b) * weights).sum(), argnums=(0, 1, 2)))
+        value_fn = jax.jit(batched)
+    else:
+        fn = value_fn = jax.jit(batched)
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), np.asarray(value_fn(*args))
+
+
+def versus_optimistix(quick: bool) -> list[dict[str, Any]]:
+    grid = {"nt": 26, "nx": 256} if quick else {"nt": 101, "nx": 1024}
+    cases = [(1, 1000), (4, 1000), (4, 5000)] if quick else [(1, 1000), (1, 20000), (4, 1000), (4, 20000)]
+    repeats = 3 if quick else 5
+    rows = []
+    for experts, points in cases:
+        p = make_problem(batch=6, experts=experts, points=points, **grid)
+        row: dict[str, Any] = {"experts": experts, "points_per_expert": points, "batch": 6, "grid": f"{grid['nt']}x{grid['nx']}"}
+        for backward in (False, True):
+            key = "fwd_bwd" if backward else "fwd"
+            ours, w_ours = time_ours(p, backward, repeats)
+            row[f"ours_{key}_ms"] = 1e3 * ours
+            peer = time_optimistix(p, backward, repeats)
+            if peer is not None:
+                row[f"optimistix_{key}_ms"] = 1e3 * peer[0]
+                row[f"speedup_{key}"] = peer[0] / ours
+                row["max_abs_diff_w"] = float(np.abs(peer[1] - w_ours).max())
+        rows.append(row)
+    return rows
+
+
+def _moe_point(points: int, experts: int, n: int, backward: bool) -> dict[str, float]:
+    p = make_problem(batch=6, experts=experts, points=points // experts, n=n, nt=101, nx=1024)
+    seconds, _ = time_ours(p, backward, repeats=2)
+    return {"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def moe_scaling(quick: bool) -> list[dict[str, Any]]:
+    sizes = [100, 1000, 10000] if quick else [100, 1000, 10000, 100000]
+    rows = []
+    for points in sizes:
+        row: dict[str, Any] = {"points": points}
+        for experts in (1, 4):
+            code = (f"import json, torch; torch.set_num_threads({torch.get_num_threads()}); from sciml.bench.solver import _moe_point; "
+                    f"print(json.dumps(_moe_point({points}, {experts}, 16, True)))")
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+            result = json.loads(out.strip().splitlines()[-1])
+            row[f"k{experts}_seconds"], row[f"k{experts}_peak_rss_mb"] = result["seconds"], result["peak_rss_mb"]
+        row["moe_speedup"] = row["k1_seconds"] / row["k4_seconds"]
+        rows.append(row)
+    return rows
+
+
+def run(quick: bool, out_dir: Path) -> dict[str, Any]:
+    try:
+        import jax
+        import optimistix
+        peer = f"jax {jax.__version__}, optimistix {optimistix.__version__}"
+    except ImportError:
+        peer = "optimistix not installed (install the `bench` extra)"
+    report = {
+        "benchmark": "solver", "quick": quick, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, torch threads {torch.get_num_threads()}",
+        "versions": {"sciml": __version__, "torch": torch.__version__, "peer": peer},
+        "versus_optimistix": versus_optimistix(quick), "moe_scaling": moe_scaling(quick),
+    }
+    text = markdown(report)
+    (out_dir / "solver.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "solver.md").write_text(text)
+    print(text)
+    return report
+
+
+def markdown(r: dict[str, Any]) -> str:
+    lines = [f"PI-HC constraint solve ({'quick' if r['quick'] else 'full'}), {r['date']}, {r['machine']}, {r['versions']['peer']}", "",
+             "| experts | points/expert | grid | ours fwd (ms) | optimistix fwd (ms) | ours fwd+bwd (ms) | optimistix fwd+bwd (ms) | speed-up fwd+bwd | max abs diff of w |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in r["versus_optimistix"]:
+        g = lambda k: f"{row[k]:.3g}" if k in row else "-"  # noqa: E731
+        lines.append(f"| {row['experts']} | {row['points_per_expert']} | {row['grid']} | {g('ours_fwd_ms')} | {g('optimistix_fwd_ms')} | "
+                     f"{g('ours_fwd_bwd_ms')} | {g('optimistix_fwd_bwd_ms')} | {g('speedup_fwd_bwd')} | {g('max_abs_diff_w')} |")
+    lines += ["", "| points (total) | 1 expert: s | 1 expert: peak MB | 4 experts: s | 4 experts: peak MB | MoE speed-up |", "|---|---|---|---|---|---|"]
+    for row in r["moe_scaling"]:
+        lines.append(f"| {row['points']} | {row['k1_seconds']:.3g} | {row['k1_peak_rss_mb']:.0f} | {row['k4_seconds']:.3g} | {row['k4_peak_rss_mb']:.0f} | {row['moe_speedup']:.2f} |")
+    return "\n".join(lines) + "\n"

@@ -5,12 +5,14 @@ Loss = w_ic * mean (u(x, 0) - u0)^2 + w_bc * mean (u(lo, t) - u(hi, t))^2  [peri
 
 Optimisation follows the failure-mode study of Krishnapriyan et al.: optionally Adam for
 ``adam_steps`` steps, then L-BFGS (strong-Wolfe line search) through Lightning's closure for
-``lbfgs_steps`` steps, stopping early once L-BFGS stalls.
+``lbfgs_steps`` steps, stopping early once L-BFGS stalls. That machinery is
+:class:`AdamLBFGSModule`, shared with the Lagrangian PINN (:mod:`sciml.models.lpinn`).
 """
 
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -57,7 +59,95 @@ class LossWeights:
     pde: float = 1.0
 
 
-class PINN(L.LightningModule):
+class AdamLBFGSModule(L.LightningModule):
+    """Full-batch training of a physics-informed loss: Adam, then L-BFGS, with a loss history.
+
+    A subclass implements :meth:`loss_terms` (a dict of the total ``"loss"`` and its named terms)
+    and passes those names to ``__init__``. This class records each step's terms in ``history``
+    (kept in checkpoints), switches Adam -> L-BFGS after ``optimizer.adam_steps`` steps (also
+    across a resume), stops once L-BFGS stalls and turns a non-finite loss into a TrainingError.
+    """
+
+    model_name = "model"
+
+    def __init__(self, optimizer: OptimizerConfig | None, terms: Sequence[str]):
+        super().__init__()
+        self.opt_cfg = _as(OptimizerConfig, optimizer)
+        self.history: dict[str, list[float]] = {name: [] for name in ("loss", *terms)}
+        self._step_terms: dict[str, float] | None = None
+        self._resumed_step = 0
+        self._stalled = 0
+
+    @property
+    def total_steps(self) -> int:
+        """The optimisation budget: Adam steps plus L-BFGS steps."""
+        return self.opt_cfg.total_steps
+
+    @abstractmethod
+    def loss_terms(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``{"loss": total, name: term, ...}`` on the full training batch."""
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        terms = self.loss_terms(batch)
+        if self._step_terms is None:  # L-BFGS evaluates the closure several times per step
+            # Recorded here, not in on_train_batch_end, so that a checkpoint saved at the end of
+            # this step (callbacks run before the module's hook) already holds this entry.
+            self._step_terms = {k: float(v.detach()) for k, v in terms.items()}
+            self._record(self._step_terms)
+        return terms["loss"]
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self._step_terms = None
+        if self.global_step == self.opt_cfg.adam_steps and isinstance(self.optimizers().optimizer, torch.optim.Adam):
+            self.trainer.strategy.setup_optimizers(self.trainer)
+
+    def _record(self, terms: dict[str, float]) -> None:
+        loss = terms["loss"]
+        if not math.isfinite(loss):
+            raise TrainingError(
+                f"the {self.model_name} loss became {loss} at step {self.global_step}; lower optimizer.adam_lr "
+                f"(={self.opt_cfg.adam_lr}) or optimizer.lbfgs_lr (={self.opt_cfg.lbfgs_lr}), or use trainer.precision=64-true."
+            )
+        previous = self.history["loss"][-1] if self.history["loss"] else None
+        for k, v in terms.items():
+            self.history[k].append(v)
+        self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=True, on_step=True, on_epoch=False)
+        if self._in_lbfgs_phase() and previous is not None:
+            self._stalled = self._stalled + 1 if abs(previous - loss) <= 1e-12 * max(abs(loss), 1e-30) else 0
+            if self.opt_cfg.stall_patience and self._stalled >= self.opt_cfg.stall_patience:
+                self.trainer.should_stop = True
+
+    # -- optimisation --------------------------------------------------------------------------
+    def _in_lbfgs_phase(self) -> bool:
+        return max(self.global_step, self._resumed_step) >= self.opt_cfg.adam_steps
+
+    def configure_optimizers(self):
+        cfg = self.opt_cfg
+        if self._in_lbfgs_phase():
+            return torch.optim.LBFGS(
+                # One iteration per Lightning step. max_eval must leave room for the line search:
+                # torch's default (max_iter * 5 // 4 = 1) gives it no evaluations, so every step
+                # would return t = 0 and training would freeze.
+                self.parameters(), lr=cfg.lbfgs_lr, max_iter=1, max_eval=1 + _MAX_LINE_SEARCH, history_size=cfg.lbfgs_history,
+                tolerance_grad=1e-12, tolerance_change=1e-14, line_search_fn="strong_wolfe",
+            )
+        return torch.optim.Adam(self.parameters(), lr=cfg.adam_lr)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["sciml_model"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint["loss_history"] = self.history
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._resumed_step = int(checkpoint.get("global_step", 0))
+        self.history = {k: list(v) for k, v in checkpoint.get("loss_history", self.history).items()}
+
+    @classmethod
+    def from_hparams(cls, hparams: dict) -> AdamLBFGSModule:
+        hp = dict(hparams)
+        return cls(pde=pde_from_config(hp.pop("pde")), **hp)
+
+
+class PINN(AdamLBFGSModule):
     """u(x, t) = MLP(features(x, t)).
 
     Args:
@@ -71,6 +161,8 @@ class PINN(L.LightningModule):
         weights: weights of the IC, BC and PDE loss terms.
     """
 
+    model_name = "pinn"
+
     def __init__(
         self,
         pde: PDE,
@@ -81,9 +173,8 @@ class PINN(L.LightningModule):
         optimizer: OptimizerConfig | None = None,
         weights: LossWeights | None = None,
     ):
-        super().__init__()
+        super().__init__(optimizer, terms=("ic", "bc", "pde"))
         self.pde = pde
-        self.opt_cfg = _as(OptimizerConfig, optimizer)
         self.loss_weights = _as(LossWeights, weights)
         if periodic_embedding and not pde.domain.periodic:
             raise ValueError(f"periodic_embedding=True needs a periodic PDE; {pde.name} is not")
@@ -103,17 +194,6 @@ class PINN(L.LightningModule):
                 "weights": asdict(self.loss_weights),
             }
         )
-        self.history: dict[str, list[float]] = {"loss": [], "ic": [], "bc": [], "pde": []}
-        self._step_terms: dict[str, float] | None = None
-        self._resumed_step = 0
-        self._stalled = 0
-
-    model_name = "pinn"
-
-    @property
-    def total_steps(self) -> int:
-        """The optimisation budget: Adam steps plus L-BFGS steps."""
-        return self.opt_cfg.total_steps
 
     # -- the network -------------------------------------------------------------------------
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
@@ -151,65 +231,6 @@ class PINN(L.LightningModule):
         w = self.loss_weights
         total = w.ic * ic_loss + w.bc * bc_loss + w.pde * pde_loss
         return {"loss": total, "ic": ic_loss, "bc": bc_loss, "pde": pde_loss}
-
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        terms = self.loss_terms(batch)
-        if self._step_terms is None:  # L-BFGS evaluates the closure several times per step
-            # Recorded here, not in on_train_batch_end, so that a checkpoint saved at the end of
-            # this step (callbacks run before the module's hook) already holds this entry.
-            self._step_terms = {k: float(v.detach()) for k, v in terms.items()}
-            self._record(self._step_terms)
-        return terms["loss"]
-
-    def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        self._step_terms = None
-        if self.global_step == self.opt_cfg.adam_steps and isinstance(self.optimizers().optimizer, torch.optim.Adam):
-            self.trainer.strategy.setup_optimizers(self.trainer)
-
-    def _record(self, terms: dict[str, float]) -> None:
-        loss = terms["loss"]
-        if not math.isfinite(loss):
-            raise TrainingError(
-                f"the PINN loss became {loss} at step {self.global_step}; lower optimizer.adam_lr "
-                f"(={self.opt_cfg.adam_lr}) or optimizer.lbfgs_lr (={self.opt_cfg.lbfgs_lr}), or use trainer.precision=64-true."
-            )
-        previous = self.history["loss"][-1] if self.history["loss"] else None
-        for k, v in terms.items():
-            self.history[k].append(v)
-        self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=True, on_step=True, on_epoch=False)
-        if self._in_lbfgs_phase() and previous is not None:
-            self._stalled = self._stalled + 1 if abs(previous - loss) <= 1e-12 * max(abs(loss), 1e-30) else 0
-            if self.opt_cfg.stall_patience and self._stalled >= self.opt_cfg.stall_patience:
-                self.trainer.should_stop = True
-
-    # -- optimisation --------------------------------------------------------------------------
-    def _in_lbfgs_phase(self) -> bool:
-        return max(self.global_step, self._resumed_step) >= self.opt_cfg.adam_steps
-
-    def configure_optimizers(self):
-        cfg = self.opt_cfg
-        if self._in_lbfgs_phase():
-            return torch.optim.LBFGS(
-                # One iteration per Lightning step. max_eval must leave room for the line search:
-                # torch's default (max_iter * 5 // 4 = 1) gives it no evaluations, so every step
-                # would return t = 0 and training would freeze.
-                self.parameters(), lr=cfg.lbfgs_lr, max_iter=1, max_eval=1 + _MAX_LINE_SEARCH, history_size=cfg.lbfgs_history,
-                tolerance_grad=1e-12, tolerance_change=1e-14, line_search_fn="strong_wolfe",
-            )
-        return torch.optim.Adam(self.parameters(), lr=cfg.adam_lr)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["sciml_model"] = f"{type(self).__module__}.{type(self).__qualname__}"
-        checkpoint["loss_history"] = self.history
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._resumed_step = int(checkpoint.get("global_step", 0))
-        self.history = {k: list(v) for k, v in checkpoint.get("loss_history", self.history).items()}
-
-    @classmethod
-    def from_hparams(cls, hparams: dict) -> PINN:
-        hp = dict(hparams)
-        return cls(pde=pde_from_config(hp.pop("pde")), **hp)
 
 
 _MAX_LINE_SEARCH = 25  # function evaluations a strong-Wolfe line search may take

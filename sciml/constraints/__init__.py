@@ -2,6 +2,7 @@
 
 from ._solution import Result, Solution, SolveError
 from .adjoint import AbstractAdjoint, ImplicitAdjoint, UnrolledAdjoint
+from .convex import Bounds, ConvexConstraint, equality_projection
 from .executors import Executor, LocalExecutor
 from .fields import derivative, grid_fields
 from .hard import HardConstraint, Partition, Rows
@@ -9,7 +10,7 @@ from .least_squares import least_squares
 from .solvers import AbstractSolver, GaussNewton, LevenbergMarquardt
 
 __all__ = [
-    "AbstractAdjoint", "AbstractSolver", "Executor", "GaussNewton", "HardConstraint", "ImplicitAdjoint",
+    "AbstractAdjoint", "AbstractSolver", "Bounds", "ConvexConstraint", "Executor", "GaussNewton", "HardConstraint", "ImplicitAdjoint",
     "LevenbergMarquardt", "LocalExecutor", "Partition", "Result", "Rows", "Solution", "SolveError",
-    "UnrolledAdjoint", "derivative", "grid_fields", "least_squares",
+    "UnrolledAdjoint", "derivative", "equality_projection", "grid_fields", "least_squares",
 ]

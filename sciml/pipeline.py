@@ -24,7 +24,7 @@ from . import __version__
 from ._io import atomic_write_json, atomic_write_text
 from .callbacks import StepProgress
 from .config import dump_config, instantiate, load_config, read_yaml
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, TrainingError
 from .metrics import compute_metrics
 from .models import load_model
 from .plotting import plot_loss_curve, plot_snapshots, plot_solution_maps
@@ -123,6 +123,7 @@ def evaluate_model(model: L.LightningModule, dm: L.LightningDataModule, out: str
     them, with each sample's ``rel_l2`` in ``per_case``.
     """
     out = Path(out)
+    model.eval()  # after fit it is still in training mode (e.g. fresh constraint points per call)
     dm.prepare_data()
     dm.setup("test")
     t0 = time.perf_counter()
@@ -133,7 +134,7 @@ def evaluate_model(model: L.LightningModule, dm: L.LightningDataModule, out: str
         pred = model.predict_grid(x, t)[None]
         cases = [{"case": model.pde.params()}]
     if not np.all(np.isfinite(pred)):
-        raise DataError(f"the trained model predicts NaN/Inf at {int(np.sum(~np.isfinite(pred)))} grid points: training diverged; lower the learning rate or check the loss curve in {out}.")
+        raise TrainingError(f"the trained model predicts NaN/Inf at {int(np.sum(~np.isfinite(pred)))} grid points: training diverged; lower the learning rate or check the loss curve in {out}.")
     metrics = compute_metrics(pred, true)
     per_case = []
     for case, p, u in zip(cases, pred, true):
@@ -171,7 +172,7 @@ def _predict_test_split(model: L.LightningModule, dm: L.LightningDataModule):
         raise ConfigError("the test split is empty; raise data.test_fraction or generate more samples.")
     items = [split[k] for k in range(len(split))]
     true = np.stack([it["u"].double().numpy() for it in items])
-    u0 = np.stack([it["u0"].double().numpy() if "u0" in it else it["u"][0].double().numpy() for it in items])
+    u0 = np.stack([it["u0"].double().numpy() for it in items])
     x, t = dm.grid["x"], dm.grid["t"]
     pred = model.predict_samples(u0, t, x)
     return x, t, true, pred, [{"case": {"sample": int(it["index"])}} for it in items]
@@ -195,6 +196,9 @@ def predict_to_file(checkpoint: str | Path, data: str | Path, out: str | Path) -
     from .data.schema import PDEDataset, read_dataset, write_dataset
 
     model = load_model(checkpoint)
+    if not hasattr(model, "predict_grid"):
+        raise ConfigError(f"`sciml predict` predicts grid models (PINNs) on a dataset's grid; {checkpoint} holds a "
+                          f"{type(model).__name__}: evaluate it with `sciml evaluate RUN_DIR` or call its predict_samples().")
     ds = read_dataset(data)
     if ds.is_mesh or "x" not in ds.grid:
         raise DataError(f"{data} has no 1D tensor grid (/grid/x, /grid/t); {type(model).__name__} predicts on (t, x) grids.")

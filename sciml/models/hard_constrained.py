@@ -7,8 +7,8 @@ least-squares solve (PDE residual at sampled points, IC and BC rows, a ridge on 
 splits the grid into experts (``splits``). Every variant is trained data-free on the same loss:
 the mean squared PDE residual of u over the grid plus its IC and BC mismatch.
 
-Time is measured in units of ``t_end`` inside the residual, so that u_t and the rows are O(1).
-The IC rows are relative, (u - u0) / max(u0, 1e-2), as in the reference; the BCs are
+The PDE rows are in the PDE's own units by default, as in the reference, so the IC/BC rows
+dominate the solve (``solver.pde_scale`` and ``solver.row_weight`` change the balance). The IC rows are relative, (u - u0) / max(u0, 1e-2), as in the reference; the BCs are
 u(0, t) = 1 and the outflow u(1, t) + D u_x(1, t) = 0, with u extrapolated from the first and
 last grid columns (cell centres) to x = 0 and x = 1 (the
 sign PDEBench's simulator uses; the literal u = D u_x of its paper admits a mode growing like
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..constraints import HardConstraint, LevenbergMarquardt, Rows, grid_fields
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingError
 from ..nn import FNO
 from ..pdes import PDE, DiffusionSorption, pde_from_config
 
@@ -147,6 +147,9 @@ class PhysicsFNO(L.LightningModule):
         t, x = self.trainer.datamodule.grid["t"], self.trainer.datamodule.grid["x"]
         u0 = batch["u0"]
         terms = self.loss_terms(self(u0, t, x), u0, t, x)
+        if not torch.isfinite(terms["loss"]):
+            raise TrainingError(f"the {self.model_name} loss became {float(terms['loss'])} at step {self.global_step}; lower "
+                                f"model.schedule.lr (={self.schedule.lr}) or keep trainer.gradient_clip_val set.")
         for k, v in terms.items():
             self.history[k].append(float(v.detach()))
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(u0))

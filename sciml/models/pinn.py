@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import TrainingError
+from ..errors import ConfigError, TrainingError
 from ..nn import MLP
 from ..pdes import PDE, autograd_fields, pde_from_config
 
@@ -176,8 +176,9 @@ class PINN(AdamLBFGSModule):
         super().__init__(optimizer, terms=("ic", "bc", "pde"))
         self.pde = pde
         self.loss_weights = _as(LossWeights, weights)
-        if periodic_embedding and not pde.domain.periodic:
-            raise ValueError(f"periodic_embedding=True needs a periodic PDE; {pde.name} is not")
+        if not pde.domain.periodic:
+            raise ConfigError(f"the PINN's boundary terms are periodic; {type(pde).__name__} is not a periodic PDE. "
+                              "Use one of the 1D periodic family (sciml.pdes.Convection, Reaction, Burgers, ...).")
         self.periodic_embedding = periodic_embedding
         self.normalize_inputs = normalize_inputs
         self.net = MLP(3 if periodic_embedding else 2, 1, hidden, activation)

@@ -362,6 +362,7 @@ def test_killed_generation_resumes_to_a_complete_valid_file(tmp_path):
     import time
 
     import h5py
+    import numpy as np
 
     out = tmp_path / "b.h5"
     argv = [sys.executable, "-m", "sciml.cli", "data", "generate", "burgers", "nx=512", "nt=50", "nu=0.01", "--n", "40", "--out", str(out)]
@@ -387,3 +388,9 @@ def test_killed_generation_resumes_to_a_complete_valid_file(tmp_path):
     from sciml.data.schema import validate_dataset
 
     assert validate_dataset(out).n_samples == 40 and not partial.exists()
+    assert "damaged" not in rerun.stderr  # resumed, not started over
+    from sciml.data.generators import generate
+
+    once = generate("burgers", tmp_path / "once.h5", n=40, params={"nx": 512, "nt": 50, "nu": 0.01}, progress=False)
+    with h5py.File(out) as f, h5py.File(once) as g:
+        assert np.array_equal(f["samples/u"][()], g["samples/u"][()])

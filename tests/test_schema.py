@@ -256,3 +256,15 @@ def test_temp_name_is_beside_the_target(tmp_path, monkeypatch):
     write_dataset(tmp_path / "d.h5", mesh_dataset())
     (tmp, path), = seen
     assert tmp.parent == path.parent and tmp.name.startswith("d.h5.tmp-")
+
+
+def test_a_second_writer_of_the_same_file_is_refused(tmp_path):
+    ds = grid_dataset()
+    template = template_of(ds)
+    with DatasetWriter(tmp_path / "d.h5", template) as first:
+        first.write(0, ds.u[0], ds.params[0], ds.u0[0] if ds.u0 is not None else None)
+        with pytest.raises(DataError, match="another process is writing"):
+            DatasetWriter(tmp_path / "d.h5", template)
+    with DatasetWriter(tmp_path / "d.h5", template) as again:  # released on close: resumes
+        assert 0 not in again.pending()
+    assert not (tmp_path / "d.h5.lock").exists()

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from .._io import atomic_write_json, atomic_write_text
 
 D, T_END = 5e-4, 500.0
 R_COEF = (1 - 0.29) / 0.29 * 2880 * 3.5e-4 * 0.874
@@ -186,8 +187,8 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
         "versus_optimistix": versus_optimistix(quick), "moe_scaling": moe_scaling(quick),
     }
     text = markdown(report)
-    (out_dir / "solver.json").write_text(json.dumps(report, indent=2))
-    (out_dir / "solver.md").write_text(text)
+    atomic_write_json(out_dir / "solver.json", report)
+    atomic_write_text(out_dir / "solver.md", text)
     print(text)
     return report
 

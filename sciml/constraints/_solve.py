@@ -32,8 +32,10 @@ def _cost(r: Tensor) -> Tensor:
 def solve(fn: Residual, y0: Tensor, args: Sequence[Tensor], solver: AbstractSolver, max_steps: int) -> Solution:
     """The solver loop, differentiable if its inputs are (the unrolled adjoint relies on that).
 
-    Problems stop moving once converged; a non-finite residual or Jacobian marks the problem
-    ``nonfinite`` and keeps its last finite point, so the output is always finite.
+    Problems stop moving once converged. A non-finite residual or Jacobian at the start, or at a
+    Gauss-Newton trial point, marks the problem ``nonfinite`` (Levenberg-Marquardt instead
+    rejects the trial and retries with more damping); every problem keeps its last finite point,
+    so the output is always finite.
     """
     y = y0
     r, jac = jacobian(fn, y, args)
@@ -54,6 +56,10 @@ def solve(fn: Residual, y0: Tensor, args: Sequence[Tensor], solver: AbstractSolv
         cost_new = _cost(r_new)
         finite_new = torch.isfinite(r_new).all(-1) & torch.isfinite(jac_new).flatten(1).all(-1)
         keep = active & solver.accept(cost, torch.where(finite_new, cost_new, torch.full_like(cost_new, float("inf"))), step, state) & finite_new
+        # A stateless solver (Gauss-Newton) would propose the same non-finite step again: give up on it.
+        stuck = active & ~finite_new & (not state)
+        result = torch.where(stuck, torch.full_like(result, int(Result.nonfinite)), result)
+        active = active & ~stuck
         decrease = cost - cost_new
         y = torch.where(keep[:, None], trial, y)
         r = torch.where(keep[:, None], r_new, r)

@@ -405,9 +405,34 @@ class DatasetWriter:
         _check(template, f"cannot write {self.path}", _WRITE_FIX)
         self._template = template
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self._resume() if self.partial.exists() else None
-        if self._file is None:
-            self._file = self._create(compression)
+        self._lock = self._acquire_lock()
+        try:
+            self._file = self._resume() if self.partial.exists() else None
+            if self._file is None:
+                self._file = self._create(compression)
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _acquire_lock(self):
+        """An exclusive lock on ``<path>.lock`` for the writer's lifetime: two generations of the
+        same file must not share (and truncate) one ``.partial``."""
+        import fcntl
+
+        handle = open(self.path.with_name(self.path.name + ".lock"), "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise DataError(f"another process is writing {self.path} (it holds {handle.name}); wait for it to "
+                            "finish, or stop it and rerun to resume its .partial file.") from None
+        return handle
+
+    def _release_lock(self) -> None:
+        if getattr(self, "_lock", None) is not None:
+            self._lock.close()  # closing releases the flock
+            Path(self._lock.name).unlink(missing_ok=True)
+            self._lock = None
 
     def _create(self, compression: str | None) -> h5py.File:
         f = h5py.File(self.partial, "w")
@@ -489,8 +514,12 @@ class DatasetWriter:
                             f"{self._template.n_samples} samples are not written (first: {todo[0]}). "
                             "Write them, then call finalize() again.")
         _read(f, self.partial, load=False)
-        self.close()
-        _commit(self.partial, self.path)
+        self._file.close()
+        self._file = None
+        try:
+            _commit(self.partial, self.path)
+        finally:
+            self._release_lock()
         return self.path
 
     def close(self) -> None:
@@ -498,6 +527,7 @@ class DatasetWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
+        self._release_lock()
 
     def _open_file(self) -> h5py.File:
         if self._file is None:

@@ -60,15 +60,22 @@ def run_study(path: Path, raw: dict, out: Path | None, quick: bool, overrides: S
     if not name or "/" in name or name in (".", ".."):
         raise ConfigError(f"`name` (={name!r}) in {path} names the run folder runs/NAME: give a plain folder name.")
     out = Path(out) if out else default_out(name, quick)
-    set_threads(int(raw.get("threads", 1)))
+    threads, seed = raw.get("threads", 1), raw.get("seed", 0)
+    for key, value in (("threads", threads), ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"`{key}` (={value!r}) in {path} must be an integer >= 0.")
+    try:
+        inspect.signature(fn).bind(out=out, quick=quick, **args)
+    except TypeError as exc:
+        raise ConfigError(f"{target}: {exc}. Check the study's `args` in {path}.") from exc
+    set_threads(threads)
+    import lightning as L
+
+    L.seed_everything(seed, workers=True, verbose=False)
     resolved = {k: v for k, v in raw.items() if k != "quick"} | {"args": args}
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").unlink(missing_ok=True)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-    try:
-        report = fn(out=out, quick=quick, **args)
-    except TypeError as exc:
-        raise ConfigError(f"{target}: {exc}. Check the study's `args` in {path}.") from exc
-    report = {"experiment": name, **report}
+    report = {"experiment": name, **fn(out=out, quick=quick, **args)}
     atomic_write_json(out / "metrics.json", report)
     return report

@@ -122,16 +122,17 @@ class AdamLBFGSModule(L.LightningModule):
         return max(self.global_step, self._resumed_step) >= self.opt_cfg.adam_steps
 
     def configure_optimizers(self):
+        return self._lbfgs() if self._in_lbfgs_phase() else torch.optim.Adam(self.parameters(), lr=self.opt_cfg.adam_lr)
+
+    def _lbfgs(self) -> torch.optim.LBFGS:
         cfg = self.opt_cfg
-        if self._in_lbfgs_phase():
-            return torch.optim.LBFGS(
-                # One iteration per Lightning step. max_eval must leave room for the line search:
-                # torch's default (max_iter * 5 // 4 = 1) gives it no evaluations, so every step
-                # would return t = 0 and training would freeze.
-                self.parameters(), lr=cfg.lbfgs_lr, max_iter=1, max_eval=1 + _MAX_LINE_SEARCH, history_size=cfg.lbfgs_history,
-                tolerance_grad=1e-12, tolerance_change=1e-14, line_search_fn="strong_wolfe",
-            )
-        return torch.optim.Adam(self.parameters(), lr=cfg.adam_lr)
+        return torch.optim.LBFGS(
+            # One iteration per Lightning step. max_eval must leave room for the line search:
+            # torch's default (max_iter * 5 // 4 = 1) gives it no evaluations, so every step
+            # would return t = 0 and training would freeze.
+            self.parameters(), lr=cfg.lbfgs_lr, max_iter=1, max_eval=1 + _MAX_LINE_SEARCH, history_size=cfg.lbfgs_history,
+            tolerance_grad=1e-12, tolerance_change=1e-14, line_search_fn="strong_wolfe",
+        )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["sciml_model"] = f"{type(self).__module__}.{type(self).__qualname__}"
@@ -140,6 +141,11 @@ class AdamLBFGSModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._resumed_step = int(checkpoint.get("global_step", 0))
         self.history = {k: list(v) for k, v in checkpoint.get("loss_history", self.history).items()}
+        states = checkpoint.get("optimizer_states") or []
+        if self._in_lbfgs_phase() and states and "history_size" not in states[0]["param_groups"][0]:
+            # Saved right after the last Adam step: the resumed run builds L-BFGS, which cannot
+            # take Adam's state; it starts afresh, as it would have without the interruption.
+            checkpoint["optimizer_states"] = [self._lbfgs().state_dict()]
 
     @classmethod
     def from_hparams(cls, hparams: dict) -> AdamLBFGSModule:

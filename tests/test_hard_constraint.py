@@ -51,8 +51,8 @@ def test_fft_and_finite_difference_derivatives_are_accurate():
 
 def test_layer_recovers_the_exact_solution_held_by_the_basis():
     fields, rows, exact = heat_setup()
-    layer = HardConstraint(ConvectionDiffusion(beta=0.0, nu=NU), grid=exact.shape, points=300, ridge=1e-10)
-    u = layer(fields, rows=rows)
+    layer = HardConstraint(ConvectionDiffusion(beta=0.0, nu=NU), grid=exact.shape, points=300, ridge=1e-10, max_steps=200)
+    u = layer(fields, rows=rows, points=layer.sample_points(torch.Generator().manual_seed(0)))
     assert layer.last_solution.successful.all()
     rel = float((u[0] - exact).norm() / exact.norm())
     assert rel < 2e-3, rel  # limited by the second-order time differences
@@ -61,8 +61,8 @@ def test_layer_recovers_the_exact_solution_held_by_the_basis():
 @pytest.mark.parametrize("splits", [(1, 2), (1, 4)])
 def test_spatial_experts_recover_the_exact_solution_too(splits):
     fields, rows, exact = heat_setup()
-    layer = HardConstraint(ConvectionDiffusion(beta=0.0, nu=NU), grid=exact.shape, splits=splits, points=200, ridge=1e-10)
-    u = layer(fields, rows=rows)
+    layer = HardConstraint(ConvectionDiffusion(beta=0.0, nu=NU), grid=exact.shape, splits=splits, points=200, ridge=1e-10, max_steps=200)
+    u = layer(fields, rows=rows, points=layer.sample_points(torch.Generator().manual_seed(0)))
     assert layer.last_solution.value.shape[0] == splits[1]
     assert float((u[0] - exact).norm() / exact.norm()) < 2e-3
 
@@ -125,3 +125,27 @@ def test_bad_layer_inputs_are_refused():
         layer(fields, rows=rows)
     with pytest.raises(ValueError, match="u_xx"):
         HardConstraint(pde, grid=exact.shape, points=10)({"u": fields["u"], "u_t": fields["u_t"], "u_x": fields["u_x"]})
+
+
+def test_structured_jacobian_equals_forward_mode_products():
+    """The layer's residual supplies its Jacobian analytically; it must equal torch's."""
+    from sciml.constraints._solve import jacobian
+    from sciml.constraints.hard import _Residual
+    from sciml.pdes import Burgers
+
+    g = torch.Generator().manual_seed(0)
+    pde = Burgers(nu=0.05)  # a residual nonlinear in the fields: u u_x
+    names = tuple(pde.fields)
+    bases = [torch.randn(3, 40, 5, generator=g, dtype=F64) for _ in names]
+    offsets = [torch.randn(3, 40, generator=g, dtype=F64) for _ in names]
+    a, b = torch.randn(3, 7, 5, generator=g, dtype=F64), torch.randn(3, 7, generator=g, dtype=F64)
+    fn = _Residual(pde, names, 1e-3, 2.0)
+    w = torch.randn(3, 5, generator=g, dtype=F64)
+    r, jac = fn.jacobian(w, *bases, *offsets, a, b)
+
+    def plain(y, *t):
+        return fn(y, *t)
+
+    r_ref, jac_ref = jacobian(plain, w, [*bases, *offsets, a, b])
+    torch.testing.assert_close(r, r_ref)
+    torch.testing.assert_close(jac, jac_ref)

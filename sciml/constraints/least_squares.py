@@ -36,6 +36,8 @@ def least_squares(
 
     Args:
         fn: residual ``fn(y [batch, n], *args) -> [batch, m]``, row b depending on row b only.
+            It may also offer ``fn.jacobian(y, *args) -> (r, J [batch, m, n])``, used instead of
+            n forward-mode products (it must be differentiable in ``args`` for the adjoints).
         y0: starting point [batch, n].
         args: tensors the residual depends on; gradients flow to them through ``adjoint``.
         solver: :class:`LevenbergMarquardt` (default) or :class:`GaussNewton`.

@@ -1,0 +1,34 @@
+"""The benchmarks measure what they say: same problem for ours and the peer, tables written."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sciml.bench import run_benchmark
+from sciml.bench.solver import _torch_residual, make_problem, markdown, time_ours, time_optimistix
+from sciml.errors import ConfigError
+
+
+def test_solver_benchmark_problem_and_peer_agree():
+    p = make_problem(batch=2, experts=1, points=200, n=6, nt=11, nx=32)
+    assert p["u"].shape == (2, 200, 6) and p["a"].shape == (2, 32 + 2 * 10, 6)
+    _, w_ours = time_ours(p, backward=True, repeats=1)
+    pytest.importorskip("optimistix")
+    _, w_peer = time_optimistix(p, backward=False, repeats=1)
+    args = [torch.as_tensor(p[k]) for k in ("u", "u_t", "u_xx", "a", "b")]
+    cost = lambda w: float(0.5 * _torch_residual(torch.as_tensor(w), *args).pow(2).sum())  # noqa: E731
+    assert cost(w_ours) == pytest.approx(cost(w_peer), rel=1e-6)  # both reach the same minimum
+
+
+def test_solver_markdown_handles_a_missing_peer():
+    text = markdown({"quick": True, "date": "d", "machine": "m", "versions": {"peer": "none"},
+                     "versus_optimistix": [{"experts": 1, "points_per_expert": 10, "grid": "g", "ours_fwd_ms": 1.0}],
+                     "moe_scaling": [{"points": 100, "k1_seconds": 1.0, "k1_peak_rss_mb": 10, "k4_seconds": 0.5, "k4_peak_rss_mb": 9, "moe_speedup": 2.0}]})
+    assert "| 1 | 10 | g | 1 | - |" in text and "| 100 | 1 | 10 | 0.5 | 9 | 2.00 |" in text
+
+
+def test_unknown_benchmark_is_refused_with_a_suggestion(tmp_path):
+    with pytest.raises(ConfigError, match="Did you mean `solver`"):
+        run_benchmark("solvr", out_dir=tmp_path)

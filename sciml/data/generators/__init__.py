@@ -225,7 +225,20 @@ def spec_sha(name: str, gen: Generator, n: int, seed: int) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _sample_task(gen: Generator, i: int, seed: int) -> Sample:
+_WORKER_GENERATORS: dict[str, Generator] = {}  # per Ray worker process: generators already built
+
+
+def _sample_task(key: str, boxed: list, i: int, seed: int) -> Sample:
+    """One sample on a Ray worker. The generator is fetched (and its meshes, compiled forms and
+    solvers built) once per worker process, not once per sample: ``boxed`` holds its object
+    reference unresolved, and it is only fetched when this worker has not seen ``key`` yet."""
+    gen = _WORKER_GENERATORS.get(key)
+    if gen is None:
+        import ray
+
+        if len(_WORKER_GENERATORS) >= 4:
+            _WORKER_GENERATORS.clear()
+        gen = _WORKER_GENERATORS[key] = ray.get(boxed[0])
     return gen.sample(i, seed)
 
 
@@ -241,12 +254,13 @@ def _ray_samples(gen: Generator, seed: int, todo: list[int], workers: int, addre
             raise ConfigError(f"cannot reach the Ray cluster at --ray-address {address!r} ({exc}); start it with "
                               "`ray start --head` or drop --ray-address to use local workers.") from exc
     task = ray.remote(num_cpus=1)(_sample_task)
-    gen_ref = ray.put(gen)
+    key = f"{type(gen).__module__}.{type(gen).__qualname__}:{json.dumps(gen.config(), sort_keys=True, default=str)}"
+    boxed = [ray.put(gen)]
     queue, in_flight = iter(todo), {}
     try:
         while True:
             while len(in_flight) < 2 * workers and (i := next(queue, None)) is not None:
-                in_flight[task.remote(gen_ref, i, seed)] = i
+                in_flight[task.remote(key, boxed, i, seed)] = i
             if not in_flight:
                 return
             ready, _ = ray.wait(list(in_flight), num_returns=1)

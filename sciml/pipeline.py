@@ -79,6 +79,10 @@ def run_experiment(
             raise KeyboardInterrupt from None
         raise
     train_s = time.perf_counter() - t0
+    # ModelCheckpoint refreshes last.ckpt only every CHECKPOINT_EVERY steps: a run that ends in
+    # between (L-BFGS stalled, or a budget that is not a multiple) must still leave its final
+    # weights there, the ones metrics.json describes.
+    trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
     summary = {"experiment": cfg.name, "steps": trainer.global_step, "seconds": {"train": train_s}}
     if not evaluate:
         return summary

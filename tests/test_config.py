@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from sciml.config import dump_config, load_config
+from sciml.config import dump_config, load_config, read_yaml
 from sciml.errors import ConfigError
 
-EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").rglob("*.yaml"))
+ALL = sorted((Path(__file__).resolve().parents[1] / "experiments").rglob("*.yaml"))
+EXPERIMENTS = [p for p in ALL if "study" not in read_yaml(p)]  # studies are checked below
+STUDIES = [p for p in ALL if "study" in read_yaml(p)]
 
 
 @pytest.mark.parametrize("quick", [False, True], ids=["full", "quick"])
@@ -42,3 +44,16 @@ def test_quick_must_be_a_mapping(tmp_path):
     for quick in (False, True):
         with pytest.raises(ConfigError, match=r"`quick`.*exp.yaml.*mapping.*20"):
             load_config(experiment, quick=quick)
+
+
+@pytest.mark.parametrize("study", STUDIES, ids=lambda p: p.stem)
+def test_study_configs_name_a_function_whose_arguments_they_give(study):
+    import importlib
+    import inspect
+
+    raw = read_yaml(study)
+    module, _, name = raw["study"].rpartition(".")
+    params = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    for section in ("args", "quick"):
+        unknown = set(raw.get(section) or {}) - set(params)
+        assert not unknown, f"{study.name}: {section} has {unknown}, not arguments of {raw['study']}"

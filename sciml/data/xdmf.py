@@ -46,13 +46,13 @@ def export_xdmf(h5_path: str | os.PathLike, xdmf_path: str | os.PathLike, *, sam
     (``u_0``, ``u_1``, ...). Raises `DataError` for a dataset on a tensor grid.
     """
     h5_path, xdmf_path = Path(h5_path), Path(xdmf_path)
-    if xdmf_path.with_suffix(".h5").resolve() == h5_path.resolve():
-        raise DataError(f"exporting {h5_path} to {xdmf_path} would overwrite the dataset with DOLFINx's {xdmf_path.with_suffix('.h5')}; "
-                        "choose an output name with another stem, e.g. " + str(h5_path.with_name(h5_path.stem + "-sample0.xdmf")) + ".")
     ds = read_dataset(h5_path, load=False)
     if not ds.is_mesh:
         raise DataError(f"{h5_path} holds samples on a tensor grid (/grid/x), not on a mesh; XDMF export "
                         "needs /mesh/points and /mesh/cells. Plot grid datasets with `sciml.plotting` instead.")
+    if xdmf_path.with_suffix(".h5").resolve() == h5_path.resolve():
+        raise DataError(f"exporting {h5_path} to {xdmf_path} would overwrite the dataset with DOLFINx's {xdmf_path.with_suffix('.h5')}; "
+                        "choose an output name with another stem, e.g. " + str(h5_path.with_name(h5_path.stem + "-sample0.xdmf")) + ".")
     if ds.cell_type not in _SIMPLICES:
         raise DataError(f"{h5_path}: cell_type {ds.cell_type!r} cannot be exported; XDMF export supports "
                         f"{', '.join(_SIMPLICES)} meshes.")

@@ -20,6 +20,16 @@ BENCHMARKS: dict[str, str] = {
 }
 
 
+def publish(name: str, report: dict[str, Any], text: str, out_dir: str | Path) -> dict[str, Any]:
+    """Write ``NAME.json`` and the markdown table ``NAME.md`` atomically, print the table."""
+    from .._io import atomic_write_json, atomic_write_text
+
+    atomic_write_json(Path(out_dir) / f"{name}.json", report)
+    atomic_write_text(Path(out_dir) / f"{name}.md", text)
+    print(text)
+    return report
+
+
 def run_benchmark(name: str, quick: bool = False, out_dir: str | Path = "benchmarks/results") -> dict[str, Any]:
     if name not in BENCHMARKS:
         raise ConfigError(f"unknown benchmark {name!r}.{did_you_mean(name, BENCHMARKS)} Available: {', '.join(BENCHMARKS)}.")

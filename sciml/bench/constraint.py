@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from .. import __version__
-from .._io import atomic_write_json, atomic_write_text
+from . import publish
 from ..constraints import GaussNewton, ImplicitAdjoint, least_squares
 from ..constraints.convex import CLARABEL, ConvexConstraint
 
@@ -194,12 +194,7 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
         case["ratios"] = {f"{peer}/{ours}": seconds[peer] / seconds[ours] for peer in PEERS for ours in ("least_squares", "closed_form")
                           if seconds.get(peer) and seconds.get(ours)}
     result["goal"] = _goal(result["cases"])
-    text = markdown(result)
-    out_dir = Path(out_dir)
-    atomic_write_json(out_dir / "constraint.json", result)
-    atomic_write_text(out_dir / "constraint.md", text)
-    print(text)
-    return result
+    return publish("constraint", result, markdown(result), out_dir)
 
 
 def _goal(cases: list[dict[str, Any]]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from .._io import atomic_write_json, atomic_write_text
+from . import publish
 
 
 def _generate_rate(name: str, params: dict[str, Any], n: int, workers: int, folder: Path) -> tuple[float, Path]:
@@ -123,11 +123,7 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
         "versions": {"sciml": __version__, "torch": torch.__version__, "numpy": np.__version__},
         "throughput": throughput(quick), "fem_vs_fv": fem_vs_fv(quick), "navier_stokes": navier_stokes_speed(quick),
     }
-    text = markdown(report)
-    atomic_write_json(out_dir / "data.json", report)
-    atomic_write_text(out_dir / "data.md", text)
-    print(text)
-    return report
+    return publish("data", report, markdown(report), out_dir)
 
 
 def markdown(r: dict[str, Any]) -> str:

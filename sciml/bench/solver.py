@@ -30,7 +30,7 @@ import torch
 from .. import __version__
 from ..constraints.hard import _Residual
 from ..pdes import DiffusionSorption
-from .._io import atomic_write_json, atomic_write_text
+from . import publish
 
 PDE = DiffusionSorption()
 T_END = PDE.t_end
@@ -202,11 +202,7 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
         "versions": {"sciml": __version__, "torch": torch.__version__, "peer": peer},
         "versus_optimistix": versus_optimistix(quick), "moe_scaling": moe_scaling(quick),
     }
-    text = markdown(report)
-    atomic_write_json(out_dir / "solver.json", report)
-    atomic_write_text(out_dir / "solver.md", text)
-    print(text)
-    return report
+    return publish("solver", report, markdown(report), out_dir)
 
 
 def markdown(r: dict[str, Any]) -> str:

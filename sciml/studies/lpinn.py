@@ -202,7 +202,7 @@ def _paper_value(by_c: Mapping, c: float) -> str:
 
 
 def _plot_sweep(speeds, table, paper, path: Path) -> Path:
-    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    fig = Figure(figsize=(8.0, 4.2), layout="constrained")
     ax = fig.subplots()
     for k, (name, by_c) in enumerate(table.items()):
         colour = f"C{k}"
@@ -215,7 +215,7 @@ def _plot_sweep(speeds, table, paper, path: Path) -> Path:
     ax.set_xlabel("convection speed c")
     ax.set_ylabel("relative L2 error")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     return _save(fig, path)
 
 

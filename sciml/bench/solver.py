@@ -110,7 +110,7 @@ def time_optimistix(p: dict[str, np.ndarray], backward: bool, repeats: int) -> t
     def residual(w, args):
         bu, bt, bxx, a, b = args
         u = bu @ w
-        r_pde = bt @ w - PDE.D / PDE.retardation(jnp.maximum(u, 0)) * (bxx @ w)
+        r_pde = bt @ w - PDE.D / PDE.retardation(u) * (bxx @ w)
         return jnp.concatenate([r_pde, a @ w - b, 1e-4 * w])
 
     solver = optx.LevenbergMarquardt(rtol=1e-4, atol=1e-4)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from torch import Tensor
@@ -48,13 +49,25 @@ class DiffusionSorption(PDE):
     def domain(self) -> Domain:
         return Domain(space=((0.0, 1.0),), time=(0.0, self.t_end), periodic=False)
 
+    eps: ClassVar[float] = 1e-6  # guard of the singular power at u = 0
+
+    @property
+    def sorption(self) -> float:
+        """The constant ((1 - phi) / phi) rho_s k n_f in front of the power in R(u)."""
+        return (1 - self.phi) / self.phi * self.rho_s * self.k * self.n_f
+
     def retardation(self, u):
-        """R(u); works on tensors and numpy arrays."""
-        return 1 + (1 - self.phi) / self.phi * self.rho_s * self.k * self.n_f * (u + 1e-6) ** (self.n_f - 1)
+        """R(u) = 1 + sorption (max(u, 0) + eps)^(n_f - 1), the isotherm being defined for u >= 0;
+        works on numpy arrays, torch tensors and JAX arrays alike."""
+        return 1 + self.sorption * (u.clip(min=0) + self.eps) ** (self.n_f - 1)
+
+    def retardation_derivative(self, u: np.ndarray) -> np.ndarray:
+        """dR/du on numpy arrays (zero where u < 0, where R is frozen at its u = 0 value)."""
+        slope = self.sorption * (self.n_f - 1) * (np.maximum(u, 0.0) + self.eps) ** (self.n_f - 2)
+        return np.where(u > 0, slope, 0.0)
 
     def residual(self, f: Mapping[str, Tensor]) -> Tensor:
-        u = f["u"].clamp_min(0)  # the isotherm is defined for concentrations u >= 0
-        return f["u_t"] - self.D / self.retardation(u) * f["u_xx"]
+        return f["u_t"] - self.D / self.retardation(f["u"]) * f["u_xx"]
 
     def initial_condition(self, x: np.ndarray) -> np.ndarray:
         """PDEBench starts every sample from a random field; this default is the empty column."""

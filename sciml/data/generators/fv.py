@@ -39,39 +39,16 @@ from scipy.integrate import solve_ivp
 
 from ... import __version__
 from ...errors import SciMLError
+from ...pdes import DiffusionSorption
 from ..schema import PDEDataset, shape_only
 from .base import Generator, Sample, check_int, check_real, rng_for
 
 InitialCondition = Callable[[np.ndarray], np.ndarray]  # u0(x), vectorised over an array of x
 
 
-@dataclass(frozen=True)
-class SorptionParams:
-    """Physical parameters of diffusion-sorption; the defaults are PDEBench's."""
-
-    D: float = 5e-4  # diffusion coefficient
-    phi: float = 0.29  # porosity
-    rho_s: float = 2880.0  # bulk density
-    k: float = 3.5e-4  # Freundlich coefficient
-    n_f: float = 0.874  # Freundlich exponent
-    eps: float = 1e-6  # guard of the singular power at u = 0
-
-    @property
-    def sorption(self) -> float:
-        """The constant ((1 - phi) / phi) rho_s k n_f in front of the power in R(u)."""
-        return (1 - self.phi) / self.phi * self.rho_s * self.k * self.n_f
-
-    def retardation(self, u: np.ndarray) -> np.ndarray:
-        """R(u) = 1 + sorption (max(u, 0) + eps)^(n_f - 1)."""
-        return 1.0 + self.sorption * (np.maximum(u, 0.0) + self.eps) ** (self.n_f - 1)
-
-    def retardation_derivative(self, u: np.ndarray) -> np.ndarray:
-        """dR/du (zero where u < 0, where R is frozen at its u = 0 value)."""
-        slope = self.sorption * (self.n_f - 1) * (np.maximum(u, 0.0) + self.eps) ** (self.n_f - 2)
-        return np.where(u > 0, slope, 0.0)
-
-
-PDEBENCH = SorptionParams()
+# The physical parameters and R(u) live in the PDE definition, shared with the PI-HC models.
+SorptionParams = DiffusionSorption
+PDEBENCH = DiffusionSorption()  # PDEBench's constants
 
 
 def cell_centres(nx: int) -> np.ndarray:
@@ -198,7 +175,7 @@ class DiffusionSorptionGenerator(Generator):
         return np.array([getattr(PDEBENCH, name) for name in self.param_names])
 
     def layout(self, n: int) -> PDEDataset:
-        common = asdict(PDEBENCH) | {
+        common = asdict(PDEBENCH) | {"t_end": self.t_end,
             "equation": "R(u) u_t = D u_xx, R(u) = 1 + ((1-phi)/phi) rho_s k n_f (max(u,0) + eps)^(n_f-1)",
             "boundary": "u(0,t) = 1, u(1,t) + D u_x(1,t) = 0",
             "initial_condition": "level (1 + amplitude sum_m w_m cos(m pi x + theta_m)), 4 modes",

@@ -28,6 +28,7 @@ from torch import Tensor
 from ..constraints import HardConstraint, LevenbergMarquardt, Rows, grid_fields
 from ..errors import ConfigError, TrainingError
 from ..nn import FNO
+from ._config import as_config
 from ..pdes import PDE, DiffusionSorption, pde_from_config
 
 _FIELDS = ("u", "u_t", "u_x", "u_xx")
@@ -78,8 +79,8 @@ class PhysicsFNO(L.LightningModule):
         if not isinstance(pde, DiffusionSorption):
             raise ConfigError(f"PhysicsFNO handles sciml.pdes.DiffusionSorption so far, not {type(pde).__name__}.")
         self.pde, self.constraint, self.splits = pde, constraint, tuple(int(s) for s in splits)
-        self.solver_cfg = _as(SolverConfig, solver)
-        self.schedule = _as(ScheduleConfig, schedule)
+        self.solver_cfg = as_config(SolverConfig, solver)
+        self.schedule = as_config(ScheduleConfig, schedule)
         self.net = FNO(1, basis if constraint == "hard" else 1, tuple(modes), width=width, layers=layers, with_grid=True)
         self.model_name = "pi_sc" if constraint == "soft" else ("pi_hc_moe" if any(s > 1 for s in self.splits) else "pi_hc")
         self.save_hyperparameters({
@@ -128,7 +129,12 @@ class PhysicsFNO(L.LightningModule):
         layer = self._layer((nt, nx))
         # Fresh points every training step; fixed ones in evaluation, so predictions are repeatable.
         points = None if self.training else layer.sample_points(torch.Generator().manual_seed(0))
-        return layer(self._fields(b, t, x), rows=self._rows(u0, nt, nx, _half_cell(x)), points=points)
+        return layer(self._fields(b, t, x), rows=self._rows(u0, nt, nx, self._half_cell(x)), points=points)
+
+    def _half_cell(self, x: np.ndarray) -> float:
+        """Distance from the first grid point to the wall: half a cell on cell-centred grids."""
+        (lo, _), = self.pde.domain.space
+        return float(x[0] - lo)
 
     # -- training ---------------------------------------------------------------------------------
     def loss_terms(self, u: Tensor, u0: Tensor, t: np.ndarray, x: np.ndarray) -> dict[str, Tensor]:
@@ -136,7 +142,7 @@ class PhysicsFNO(L.LightningModule):
         f = {k: v[..., 0] for k, v in f.items()}
         pde = (self.pde.t_end * self.pde.residual(f))[:, 1:, 1:-1].pow(2).mean()
         ic = (u[:, 0] - u0).pow(2).mean()
-        h = _half_cell(x)
+        h = self._half_cell(x)
         left = u[:, :, 0] - h * f["u_x"][:, :, 0]
         right = u[:, :, -1] + h * f["u_x"][:, :, -1]
         # BCs hold for t > 0 only: at t = 0 the IC need not meet u(0) = 1.
@@ -185,12 +191,3 @@ class PhysicsFNO(L.LightningModule):
         return cls(pde=pde_from_config(hp.pop("pde")), **hp)
 
 
-def _half_cell(x: np.ndarray) -> float:
-    """Distance from the first grid point to the boundary: half a cell on cell-centred grids."""
-    return float(x[0] - 0.0)
-
-
-def _as(cls, value):
-    if value is None:
-        return cls()
-    return cls(**value) if isinstance(value, dict) else value

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from ..errors import ConfigError, TrainingError
 from ..nn import MLP
+from ._config import as_config
 from ..pdes import PDE, autograd_fields, pde_from_config
 
 
@@ -72,7 +73,7 @@ class AdamLBFGSModule(L.LightningModule):
 
     def __init__(self, optimizer: OptimizerConfig | None, terms: Sequence[str]):
         super().__init__()
-        self.opt_cfg = _as(OptimizerConfig, optimizer)
+        self.opt_cfg = as_config(OptimizerConfig, optimizer)
         self.history: dict[str, list[float]] = {name: [] for name in ("loss", *terms)}
         self._step_terms: dict[str, float] | None = None
         self._resumed_step = 0
@@ -181,7 +182,7 @@ class PINN(AdamLBFGSModule):
     ):
         super().__init__(optimizer, terms=("ic", "bc", "pde"))
         self.pde = pde
-        self.loss_weights = _as(LossWeights, weights)
+        self.loss_weights = as_config(LossWeights, weights)
         if not pde.domain.periodic:
             raise ConfigError(f"the PINN's boundary terms are periodic; {type(pde).__name__} is not a periodic PDE. "
                               "Use one of the 1D periodic family (sciml.pdes.Convection, Reaction, Burgers, ...).")
@@ -241,11 +242,3 @@ class PINN(AdamLBFGSModule):
 
 
 _MAX_LINE_SEARCH = 25  # function evaluations a strong-Wolfe line search may take
-
-
-def _as(cls, value):
-    if value is None:
-        return cls()
-    if isinstance(value, dict):
-        return cls(**value)
-    return value

@@ -38,8 +38,6 @@ a 256^2 field subsampled to 64^2 is the 64^2 field.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 
 import numpy as np
@@ -252,7 +250,6 @@ class NavierStokes2D(Generator):
     def layout(self, n: int) -> PDEDataset:
         n = check_int(self.name, "n_samples", n, 1)
         x = np.arange(self.n) / self.n
-        spec = json.dumps({"generator": self.name, "config": self.config(), "n": n}, sort_keys=True)
         return PDEDataset(
             pde=self.name,
             u=shape_only((n, self.nt, self.n, self.n), np.float32),
@@ -262,7 +259,6 @@ class NavierStokes2D(Generator):
             param_names=["nu", "length_scale"],
             common_params=self.config(),
             generator=f"sciml {__version__} {self.name} (pseudo-spectral, 2/3 dealiasing, RK3/Crank-Nicolson, CFL 0.5)",
-            config_sha=hashlib.sha256(spec.encode()).hexdigest(),
             weights=np.full(self.n * self.n, 1.0 / self.n**2),  # periodic trapezoid rule
         )
 

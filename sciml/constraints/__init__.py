@@ -2,6 +2,7 @@
 
 from ._solution import Result, Solution, SolveError
 from .adjoint import AbstractAdjoint, ImplicitAdjoint, UnrolledAdjoint
+from .conservation import ConservationLayer, ConservedPosterior, bounded_update, conservation_update, hard_projection
 from .convex import Bounds, ConvexConstraint, equality_projection
 from .executors import Executor, LocalExecutor
 from .fields import derivative, grid_fields
@@ -13,4 +14,5 @@ __all__ = [
     "AbstractAdjoint", "AbstractSolver", "Bounds", "ConvexConstraint", "Executor", "GaussNewton", "HardConstraint", "ImplicitAdjoint",
     "LevenbergMarquardt", "LocalExecutor", "Partition", "Result", "Rows", "Solution", "SolveError",
     "UnrolledAdjoint", "derivative", "equality_projection", "grid_fields", "least_squares",
+    "ConservationLayer", "ConservedPosterior", "bounded_update", "conservation_update", "hard_projection",
 ]

@@ -153,8 +153,15 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _report(result: dict) -> None:
     metrics = result.get("metrics")
     if metrics:
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k in ("rel_l2", "nrmse", "mse", "max_abs_err"))
-        print(f"{result['experiment']}: {shown}")
+        main = ("rel_l2", "nrmse", "mse", "max_abs_err")
+        # Comparisons name their metrics model/metric[_set]: show each model's main ones.
+        shown = []
+        for k, v in metrics.items():
+            last = k.rpartition("/")[2]
+            if any(last == m or last.startswith(f"{m}_") for m in main) and "_se" not in last and "_std" not in last:
+                shown.append(f"{k}={v:.4g}")
+        shown = shown if len(shown) <= 12 else shown[:12] + [f"... ({len(shown) - 12} more in metrics.json)"]
+        print(f"{result['experiment']}: {', '.join(shown)}")
     else:
         print(f"{result['experiment']}: trained {result.get('steps')} steps in {result['seconds']['train']:.1f} s")
 

@@ -126,6 +126,10 @@ def evaluate_model(model: L.LightningModule, dm: L.LightningDataModule, out: str
     operator models (``predict_samples``) on every sample of the test split, metrics averaged over
     them, with each sample's ``rel_l2`` in ``per_case``.
     """
+    if getattr(model, "evaluation", None) == "conservation":  # probabilistic models: ProbConserv's protocol
+        from .studies.probconserv import evaluate_conservation
+
+        return evaluate_conservation(model, dm, out, name, train_seconds=train_seconds)
     out = Path(out)
     model.eval()  # after fit it is still in training mode (e.g. fresh constraint points per call)
     dm.prepare_data()

@@ -11,12 +11,14 @@ from ..errors import DataError, SciMLError
 from .hard_constrained import PhysicsFNO
 from .lpinn import LPINN
 from .pinn import PINN, LossWeights, OptimizerConfig
+from .probconserv import NeuralProcessModel
 
 # Checkpoints name their class; only these are ever built from a file.
 MODEL_CLASSES: dict[str, type[L.LightningModule]] = {
     "sciml.models.pinn.PINN": PINN,
     "sciml.models.hard_constrained.PhysicsFNO": PhysicsFNO,
     "sciml.models.lpinn.LPINN": LPINN,
+    "sciml.models.probconserv.NeuralProcessModel": NeuralProcessModel,
 }
 
 
@@ -53,4 +55,4 @@ def _describe(exc: BaseException, limit: int = 300) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-__all__ = ["LPINN", "PhysicsFNO", "PINN", "OptimizerConfig", "LossWeights", "load_model", "MODEL_CLASSES"]
+__all__ = ["LPINN", "NeuralProcessModel", "PhysicsFNO", "PINN", "OptimizerConfig", "LossWeights", "load_model", "MODEL_CLASSES"]

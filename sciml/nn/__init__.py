@@ -2,5 +2,6 @@
 
 from .mlp import MLP
 from .fno import FNO, FNOBlock, SpectralConv, append_grid
+from .neural_process import Gaussian, NeuralProcess
 
-__all__ = ["MLP", "FNO", "FNOBlock", "SpectralConv", "append_grid"]
+__all__ = ["MLP", "FNO", "FNOBlock", "Gaussian", "NeuralProcess", "SpectralConv", "append_grid"]

@@ -1,6 +1,7 @@
 """PDE definitions: parameters, residual functions, initial conditions and reference solvers."""
 
 from .base import PDE, Domain, pde_from_config
+from .conservation_laws import ConservationLaw1D, MeshConservationLaw
 from .derivatives import autograd_fields
 from .diffusion_sorption import DiffusionSorption
 from .periodic1d import Burgers, Convection, ConvectionDiffusion, Reaction, ReactionDiffusion
@@ -11,6 +12,8 @@ __all__ = [
     "pde_from_config",
     "autograd_fields",
     "Burgers",
+    "ConservationLaw1D",
+    "MeshConservationLaw",
     "DiffusionSorption",
     "Convection",
     "ConvectionDiffusion",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ import yaml
 
 from .._io import atomic_write_json, atomic_write_text
 from ..errors import ConfigError, did_you_mean
+
+ModelSpec = str | Mapping[str, Any]
 
 _KEYS = ("name", "description", "study", "args", "quick", "seed", "threads")
 
@@ -79,3 +81,18 @@ def run_study(path: Path, raw: dict, out: Path | None, quick: bool, overrides: S
     report = {"experiment": name, **fn(out=out, quick=quick, **args)}
     atomic_write_json(out / "metrics.json", report)
     return report
+
+
+def model_specs(models: Mapping[str, ModelSpec]) -> dict[str, tuple[str, list[str]]]:
+    """{name: (experiment file, overrides)} from the study's ``models`` argument."""
+    if not isinstance(models, Mapping) or not models:
+        raise ConfigError(f"`models` (={models!r}) must map model names to experiment files, e.g. {{lpinn: experiments/lpinn/convection_c30.yaml}}.")
+    specs = {}
+    for name, spec in models.items():
+        if isinstance(spec, str):
+            specs[str(name)] = (spec, [])
+        elif isinstance(spec, Mapping) and isinstance(spec.get("config"), str) and set(spec) <= {"config", "overrides"}:
+            specs[str(name)] = (spec["config"], [str(o) for o in spec.get("overrides") or []])
+        else:
+            raise ConfigError(f"`models.{name}` (={spec!r}) must be an experiment file or {{config: FILE, overrides: [key=value, ...]}}.")
+    return specs

@@ -28,9 +28,9 @@ from ..errors import ConfigError
 from ..landscape import loss_surface, plot_loss_surfaces
 from ..models import load_model
 from ..pipeline import run_experiment
+from . import ModelSpec, model_specs
 from ..plotting import _save
 
-ModelSpec = str | Mapping[str, Any]
 
 
 def sweep(
@@ -46,7 +46,7 @@ def sweep(
     Writes ``errors.md``, ``errors.json`` and ``error_vs_c.png`` (with ``paper``'s values, per
     model name and c, drawn as hollow markers). ``overrides`` apply to every run.
     """
-    specs, speeds = _specs(models), _speeds(speeds)
+    specs, speeds = model_specs(models), _speeds(speeds)
     rows, budgets = [], {}
     for c in speeds:
         for name, (config, extra) in specs.items():
@@ -70,7 +70,7 @@ def compare(out: Path, quick: bool, models: Mapping[str, ModelSpec], overrides: 
     Writes ``comparison.md`` and ``compare.png`` (snapshots of every model and the reference,
     and the pointwise errors below them); each run keeps its own folder ``OUT/<model>/``.
     """
-    specs = _specs(models)
+    specs = model_specs(models)
     metrics, rows, preds = {}, [], {}
     x = t = true = None
     for name, (config, extra) in specs.items():
@@ -104,7 +104,7 @@ def landscape(
     the trained weights, a, b in [-span, span] on ``steps`` points each (the same random seed
     for every model). Writes ``landscape.png`` (rows: models, columns: speeds) and
     ``landscape.json`` (the surfaces)."""
-    specs, speeds = _specs(models), _speeds(speeds)
+    specs, speeds = model_specs(models), _speeds(speeds)
     surfaces, saved, metrics, rows = {}, {}, {}, []
     for name, (config, extra) in specs.items():
         for c in speeds:
@@ -126,21 +126,6 @@ def landscape(
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def _specs(models: Mapping[str, ModelSpec]) -> dict[str, tuple[str, list[str]]]:
-    """{name: (experiment file, overrides)} from the study's ``models`` argument."""
-    if not isinstance(models, Mapping) or not models:
-        raise ConfigError(f"`models` (={models!r}) must map model names to experiment files, e.g. {{lpinn: experiments/lpinn/convection_c30.yaml}}.")
-    specs = {}
-    for name, spec in models.items():
-        if isinstance(spec, str):
-            specs[str(name)] = (spec, [])
-        elif isinstance(spec, Mapping) and isinstance(spec.get("config"), str) and set(spec) <= {"config", "overrides"}:
-            specs[str(name)] = (spec["config"], [str(o) for o in spec.get("overrides") or []])
-        else:
-            raise ConfigError(f"`models.{name}` (={spec!r}) must be an experiment file or {{config: FILE, overrides: [key=value, ...]}}.")
-    return specs
-
-
 def _speeds(speeds: Sequence[float]) -> list[float]:
     if isinstance(speeds, (str, bytes)) or not isinstance(speeds, Sequence) or not speeds:
         raise ConfigError(f"`speeds` (={speeds!r}) must be a non-empty list of convection speeds, e.g. speeds=[5,30].")

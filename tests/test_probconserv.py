@@ -1,0 +1,240 @@
+"""ProbConserv's pieces: neural processes, context/target data, the conservation-law residuals,
+the evaluation protocol and the experiments end to end (the update itself: test_conservation.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sciml.data.context_target import ContextTargetDataModule, draw_points, load_field
+from sciml.data.generators import generate
+from sciml.data.generators.analytic import exact_mass, exact_solution
+from sciml.errors import ConfigError, DataError
+from sciml.models import NeuralProcessModel, load_model
+from sciml.nn import NeuralProcess
+from sciml.pdes import ConservationLaw1D, MeshConservationLaw
+
+
+# -- the network --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("attention,latent", [(True, True), (False, False)])
+def test_neural_process_is_invariant_to_the_context_order(attention, latent):
+    torch.manual_seed(0)
+    net = NeuralProcess(2, hidden=16, heads=4, attention=attention, latent=latent).eval()
+    xc, yc, xt = torch.rand(3, 12, 2), torch.rand(3, 12, 1), torch.rand(3, 7, 2)
+    perm = torch.randperm(12)
+    torch.manual_seed(1)
+    a = net.predict(xc, yc, xt, n_latent=4)
+    torch.manual_seed(1)
+    b = net.predict(xc[:, perm], yc[:, perm], xt, n_latent=4)
+    assert a.mean.shape == a.std.shape == (3, 7, 1)
+    torch.testing.assert_close(a.mean, b.mean, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.std, b.std, atol=1e-5, rtol=1e-5)
+    assert float(a.std.min()) >= 1e-3  # min_sigma
+
+
+def test_neural_process_prediction_is_the_mixture_moments():
+    """With a latent variable the predictive variance is E[var] + Var[mean] over z samples."""
+    torch.manual_seed(0)
+    net = NeuralProcess(1, hidden=8, heads=2).eval()
+    xc, yc, xt = torch.rand(2, 5, 1), torch.rand(2, 5, 1), torch.rand(2, 4, 1)
+    torch.manual_seed(3)
+    p = net.predict(xc, yc, xt, n_latent=6)
+    torch.manual_seed(3)
+    r = net.deterministic(xc, yc, xt)
+    prior = net.latent_dist(xc, yc)
+    parts = [net.decode(xt, r, prior.mean + prior.std * torch.randn_like(prior.std)) for _ in range(6)]
+    means = torch.stack([q.mean for q in parts])
+    var = torch.stack([q.var for q in parts]).mean(0) + means.var(0, unbiased=False)
+    torch.testing.assert_close(p.mean, means.mean(0), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(p.var, var, atol=1e-6, rtol=1e-4)
+
+
+def test_neural_process_rejects_bad_shapes_and_sizes():
+    net = NeuralProcess(2, hidden=8, heads=2)
+    with pytest.raises(ValueError, match=r"context x \[2, 5, 3\]"):
+        net.predict(torch.rand(2, 5, 3), torch.rand(2, 5, 1), torch.rand(2, 4, 2))
+    with pytest.raises(ValueError, match="context is empty"):
+        net.predict(torch.rand(2, 0, 2), torch.rand(2, 0, 1), torch.rand(2, 4, 2))
+    with pytest.raises(ValueError, match="multiple of `heads`"):
+        NeuralProcess(2, hidden=10, heads=4)
+
+
+def test_conditional_neural_process_learns_an_amplitude_family():
+    """u = a sin x with a ~ U[0.5, 2]: from 20 context points the CNP recovers u at new points."""
+    torch.manual_seed(0)
+    net = NeuralProcess(1, hidden=32, attention=False, latent=False, scale=[math.pi])
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+
+    def batch(n):
+        a = 0.5 + 1.5 * torch.rand(n, 1, 1)
+        x = 2 * math.pi * torch.rand(n, 40, 1)
+        return x[:, :20], a * torch.sin(x[:, :20]), x[:, 20:], a * torch.sin(x[:, 20:])
+
+    for _ in range(400):
+        loss = net.loss(*batch(32))["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    xc, yc, xt, yt = batch(64)
+    p = net.predict(xc, yc, xt)
+    rmse = float((p.mean - yt).pow(2).mean().sqrt())
+    assert rmse < 0.1, rmse  # an untrained net is off by ~1
+    assert float(p.std.mean()) < 0.2
+
+
+# -- residuals ------------------------------------------------------------------------------------------
+def _fields(fn, t, x):
+    t, x = t.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    u = fn(t, x)
+    u_t, u_x = torch.autograd.grad(u.sum(), (t, x), create_graph=True)
+    (u_xx,) = torch.autograd.grad(u_x.sum(), x, create_graph=True, allow_unused=True)
+    u_xx = torch.zeros_like(x) if u_xx is None else u_xx
+    return {"u": u, "u_t": u_t, "u_x": u_x, "u_xx": u_xx}
+
+
+def test_exact_solutions_have_zero_residual():
+    t = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)[:, None].expand(-1, 23).reshape(-1)
+    x = torch.linspace(0.02, 0.98, 23, dtype=torch.float64)[None, :].expand(19, -1).reshape(-1)
+    k = torch.tensor(2.5, dtype=torch.float64)
+    diff = _fields(lambda t, x: torch.exp(-k * t) * torch.sin(x), t, x)
+    assert ConservationLaw1D("diffusion").residual({**diff, "param": k}).abs().max() < 1e-12
+    assert ConservationLaw1D("diffusion", value=2.5).residual(diff).abs().max() < 1e-12
+    m = 3.0
+    inside = t > x + 1e-3  # the PME solution (m (t - x))^{1/m} behind its front
+    pme = _fields(lambda t, x: (m * (t - x)).clamp_min(1e-12) ** (1 / m), t[inside], x[inside])
+    assert ConservationLaw1D("pme", value=m).residual(pme).abs().max() < 1e-9
+    # a wrong parameter leaves a residual: the test can fail
+    assert ConservationLaw1D("pme", value=2.0).residual(pme).abs().max() > 1e-2
+    a = 3.0
+    adv = _fields(lambda t, x: torch.sin(x - a * t), t, x)
+    assert ConservationLaw1D("advection", value=a).residual(adv).abs().max() < 1e-12
+    ramp = _fields(lambda t, x: x / (1 + t), t, x)  # Burgers' expansion-fan-like solution x / (1 + t)
+    assert ConservationLaw1D("burgers_ramp", value=1.0).residual(ramp).abs().max() < 1e-12
+
+
+def test_conservation_law_config_errors():
+    with pytest.raises(ConfigError, match="`case` \\(='heat'\\)"):
+        ConservationLaw1D("heat")
+    with pytest.raises(ConfigError, match="`m` \\(=-1\\)"):
+        ConservationLaw1D("pme", value=-1)
+    with pytest.raises(ConfigError, match="no fixed `value`"):
+        ConservationLaw1D("diffusion").residual({"u": torch.zeros(2), "u_t": torch.zeros(2), "u_x": torch.zeros(2), "u_xx": torch.zeros(2)})
+    with pytest.raises(ConfigError, match="`law` \\(='wave'\\)"):
+        MeshConservationLaw("wave")
+
+
+def test_softc_residual_differentiates_the_raw_coordinates():
+    """The model's SoftC residual (autograd w.r.t. (t, x) targets) vanishes on an exact solution."""
+    model = NeuralProcessModel(ConservationLaw1D("diffusion"), kind="cnp", hidden=8, softc_weight=1.0)
+    xt = torch.rand(2, 30, 2, dtype=torch.float64) * torch.tensor([1.0, 2 * math.pi], dtype=torch.float64)
+    xt.requires_grad_(True)
+    k = torch.tensor([[1.5], [4.0]], dtype=torch.float64)
+    u = torch.exp(-k * xt[..., 0]) * torch.sin(xt[..., 1])
+    assert model._residual(u, xt, k).abs().max() < 1e-12
+    u_wrong = torch.exp(-k * xt[..., 0]) * torch.sin(2 * xt[..., 1])
+    assert model._residual(u_wrong, xt, k).abs().max() > 0.1
+
+
+def test_model_config_errors():
+    pde = ConservationLaw1D("diffusion")
+    with pytest.raises(ConfigError, match="model.kind \\(='gp'\\)"):
+        NeuralProcessModel(pde, kind="gp")
+    with pytest.raises(ConfigError, match="model.dim_x \\(=3\\) must be 2"):
+        NeuralProcessModel(pde, dim_x=3)
+    with pytest.raises(ConfigError, match="model.softc_weight > 0 needs a pointwise PDE residual"):
+        NeuralProcessModel(MeshConservationLaw(), dim_x=3, softc_weight=1.0)
+    with pytest.raises(ConfigError, match="model.bounds"):
+        NeuralProcessModel(pde, bounds=[1.0, 0.0])
+    with pytest.raises(ConfigError, match="model.sigma_g"):
+        NeuralProcessModel(pde, sigma_g=-1.0)
+
+
+# -- data -----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def stefan_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pc")
+    train, test = root / "train.h5", root / "test.h5"
+    generate("stefan_1d", train, n=6, seed=0, params={"nx": 41, "nt": 21})
+    generate("stefan_1d", test, n=1, seed=1, params={"nx": 41, "nt": 21, "u_star": 0.6})
+    return train, test
+
+
+def test_context_is_a_tensor_grid_of_times_and_points(stefan_files):
+    train, test = stefan_files
+    dm = ContextTargetDataModule(str(train), n_context=20, context_times=4, n_target=30, batch_size=3,
+                                 test={"u6": str(test)}, t_star=0.05, n_test_functions=2)
+    dm.prepare_data()
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["xc"].shape == (3, 20, 2) and batch["yt"].shape == (3, 30, 1)
+    xc = batch["xc"][0].numpy()
+    assert len(np.unique(xc[:, 0])) == 4 and len(np.unique(xc[:, 1])) == 5
+    f = load_field(train)
+    k = int(batch["index"][0])
+    u = exact_solution("stefan", float(f.params[k, 0]), f.coords[0, :, 1], f.t)
+    # every value is the function at its coordinates
+    it = np.rint(batch["xt"][0, :, 0].double().numpy() / 0.005).astype(int)
+    ix = np.rint(batch["xt"][0, :, 1].double().numpy() * 40).astype(int)
+    np.testing.assert_allclose(batch["yt"][0, :, 0].numpy(), u[it, ix], atol=1e-6)
+    # the evaluation time, the exact mass and fixed test contexts
+    assert dm.t_index("u6") == 10
+    np.testing.assert_allclose(dm.mass("u6", 0), exact_mass("stefan", 0.6, f.t))
+    c1, c2 = dm.test_contexts("u6", 0), dm.test_contexts("u6", 0)
+    assert len(c1) == 2 and torch.equal(c1[1][0], c2[1][0]) and not torch.equal(c1[0][0], c1[1][0])
+
+
+def test_draw_points_are_distinct():
+    rng = np.random.default_rng(0)
+    ct, cp, tt, tp = draw_points(rng, 11, 13, 12, 3, 50)
+    assert len(set(zip(ct, cp))) == 12 and len(set(zip(tt, tp))) == 50
+
+
+def test_data_module_errors(stefan_files, tmp_path):
+    train, test = stefan_files
+    with pytest.raises(ConfigError, match="`data.n_context` \\(=10\\) must be a multiple"):
+        ContextTargetDataModule(str(train), n_context=10, context_times=3)
+    with pytest.raises(ConfigError, match="test_params` names 'b'"):
+        ContextTargetDataModule(str(train), test={"a": str(test)}, test_params={"b": {}})
+    with pytest.raises(DataError, match="does not exist; give `data.generator`"):
+        ContextTargetDataModule(str(tmp_path / "missing.h5")).prepare_data()
+    dm = ContextTargetDataModule(str(train), n_context=20, context_times=4, test={"u6": str(test)}, t_star=0.0512)
+    dm.setup()
+    with pytest.raises(ConfigError, match="t_star` \\(=0.0512\\) is not a time of the test grid"):
+        dm.t_index("u6")
+    big = ContextTargetDataModule(str(train), n_context=100, context_times=50)
+    with pytest.raises(ConfigError, match="too few for n_context=100"):
+        big.setup()
+
+
+# -- the experiments end to end ---------------------------------------------------------------------------
+def test_stefan_quick_run_conserves_exactly(tmp_path, monkeypatch):
+    from sciml.pipeline import run_experiment
+
+    monkeypatch.chdir(tmp_path)
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    shutil.copytree(root / "experiments", tmp_path / "experiments")
+    report = run_experiment("experiments/probconserv/anp_stefan.yaml", out=tmp_path / "run", quick=True,
+                            overrides=["data.n_samples=40", "data.generator_params={nx: 41, nt: 21}",
+                                       "data.path=data/stefan_small.h5"])
+    m = report["metrics"]
+    for s in ("u_star0.5", "u_star0.6"):
+        assert abs(m[f"probconserv/ce_{s}"]) <= 1e-10 and abs(m[f"hardc/ce_{s}"]) <= 1e-10
+        assert abs(m[f"probconserv_bounded/ce_{s}"]) <= 1e-10
+        assert abs(m[f"anp/ce_{s}"]) > 1e-6  # the untrained ANP does not conserve
+        assert 0 <= m[f"probconserv/shock_pos_{s}"] <= 1
+    cases = [c for c in report["per_case"] if c["variant"] == "probconserv_bounded"]
+    assert cases and all(c["test_set"] in ("u_star0.5", "u_star0.6") for c in cases)
+    out = tmp_path / "run"
+    for name in ("results.md", "metrics.json", "solution_u_star0.6.png", "mass_u_star0.6.png", "shock_u_star0.6.png", "loss.png"):
+        assert (out / name).is_file(), name
+    assert "| ProbConserv-ANP |" in (out / "results.md").read_text()
+    assert json.loads((out / "metrics.json").read_text())["model"] == "anp"
+    model = load_model(out / "checkpoints" / "last.ckpt")
+    assert isinstance(model, NeuralProcessModel) and model.bounds == [0.0, 1.0]

@@ -124,7 +124,9 @@ def evaluate_model(model: L.LightningModule, dm: L.LightningDataModule, out: str
 
     Grid models (PINNs: ``predict_grid``) are judged on the data module's one reference solution;
     operator models (``predict_samples``) on every sample of the test split, metrics averaged over
-    them, with each sample's ``rel_l2`` in ``per_case``.
+    them, with each sample's ``rel_l2`` in ``per_case``. A data module that trains on an early
+    time window (``train_t_max``) adds the metrics inside it (``interp/rel_l2``, ...: t <=
+    train_t_max) and beyond it (``extrap/rel_l2``, ...: t > train_t_max).
     """
     if getattr(model, "evaluation", None) == "conservation":  # probabilistic models: ProbConserv's protocol
         from .studies.probconserv import evaluate_conservation
@@ -144,6 +146,8 @@ def evaluate_model(model: L.LightningModule, dm: L.LightningDataModule, out: str
     if not np.all(np.isfinite(pred)):
         raise TrainingError(f"the trained model predicts NaN/Inf at {int(np.sum(~np.isfinite(pred)))} grid points: training diverged; lower the learning rate or check the loss curve in {out}.")
     metrics = compute_metrics(pred, true)
+    if hasattr(model, "predict_samples") and getattr(dm, "train_t_max", None) is not None:
+        metrics |= window_metrics(pred, true, len(dm.train_grid["t"]))
     per_case = []
     for case, p, u in zip(cases, pred, true):
         one = compute_metrics(p[None], u[None])
@@ -171,6 +175,13 @@ def evaluate_model(model: L.LightningModule, dm: L.LightningDataModule, out: str
     }
     atomic_write_json(out / "metrics.json", report)
     return report
+
+
+def window_metrics(pred: np.ndarray, true: np.ndarray, n_train_t: int) -> dict[str, float]:
+    """compute_metrics on the first ``n_train_t`` time slices (``interp/...``, the training
+    window) and on the rest (``extrap/...``) of [n, n_t, *space] arrays."""
+    windows = {"interp": slice(None, n_train_t), "extrap": slice(n_train_t, None)}
+    return {f"{name}/{k}": v for name, window in windows.items() for k, v in compute_metrics(pred[:, window], true[:, window]).items()}
 
 
 def _predict_test_split(model: L.LightningModule, dm: L.LightningDataModule):

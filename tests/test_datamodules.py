@@ -139,7 +139,7 @@ def test_hyperparameters_are_saved(path):
     dm = SampleDataModule(path, batch_size=4, seed=7)
     assert dict(dm.hparams) == dict(path=path, batch_size=4, val_fraction=0.1, test_fraction=0.1,
                                     num_workers=0, seed=7, generator=None, generator_params=None,
-                                    n_samples=None, generator_workers=1)
+                                    n_samples=None, generator_workers=1, train_t_max=None)
 
 
 def test_a_missing_file_is_generated_from_the_named_generator(tmp_path):

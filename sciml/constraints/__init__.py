@@ -4,7 +4,7 @@ from ._solution import Result, Solution, SolveError
 from .adjoint import AbstractAdjoint, ImplicitAdjoint, UnrolledAdjoint
 from .conservation import ConservationLayer, ConservedPosterior, bounded_update, conservation_update, hard_projection
 from .convex import Bounds, ConvexConstraint, equality_projection
-from .executors import Executor, LocalExecutor
+from .executors import Executor, LocalExecutor, RayExecutor
 from .fields import derivative, grid_fields
 from .hard import HardConstraint, Partition, Rows
 from .least_squares import least_squares
@@ -12,7 +12,7 @@ from .solvers import AbstractSolver, GaussNewton, LevenbergMarquardt
 
 __all__ = [
     "AbstractAdjoint", "AbstractSolver", "Bounds", "ConvexConstraint", "Executor", "GaussNewton", "HardConstraint", "ImplicitAdjoint",
-    "LevenbergMarquardt", "LocalExecutor", "Partition", "Result", "Rows", "Solution", "SolveError",
+    "LevenbergMarquardt", "LocalExecutor", "Partition", "RayExecutor", "Result", "Rows", "Solution", "SolveError",
     "UnrolledAdjoint", "derivative", "equality_projection", "grid_fields", "least_squares",
     "ConservationLayer", "ConservedPosterior", "bounded_update", "conservation_update", "hard_projection",
 ]

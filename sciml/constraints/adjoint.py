@@ -13,12 +13,15 @@ close to exact near a zero residual. ``hessian="exact"`` builds dF/dy by n backw
 (second derivatives of r included).
 The cost 0.5 |r|^2 at y* is differentiable too: by the envelope theorem its gradient is the
 partial derivative in theta.
+Since the backward needs y* alone, not the iterations that led there, the forward solve may run
+anywhere (``ImplicitAdjoint(forward=...)``: another process, Ray workers); the gradient is
+attached here.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +30,9 @@ from torch import Tensor
 from ._solution import Solution
 from ._solve import Residual, jacobian, solve
 from .solvers import AbstractSolver, spd_solve
+
+# forward(fn, y0, args, solver, max_steps) -> Solution: a solve without autograd (inputs detached).
+Forward = Callable[[Residual, Tensor, Sequence[Tensor], AbstractSolver, int], Solution]
 
 
 class AbstractAdjoint(ABC):
@@ -46,9 +52,15 @@ class UnrolledAdjoint(AbstractAdjoint):
 
 @dataclass(frozen=True)
 class ImplicitAdjoint(AbstractAdjoint):
-    """Implicit-function-theorem gradients; ``hessian`` is "gauss-newton" or "exact"."""
+    """Implicit-function-theorem gradients; ``hessian`` is "gauss-newton" or "exact".
+
+    ``forward`` runs the solve (default: :func:`~sciml.constraints._solve.solve` here); any
+    function that returns the converged y*, status and cost will do, wherever it computes them
+    (e.g. :class:`~sciml.constraints.RayExecutor`'s workers).
+    """
 
     hessian: str = "gauss-newton"
+    forward: Forward = solve
 
     def __post_init__(self) -> None:
         if self.hessian not in ("gauss-newton", "exact"):
@@ -56,16 +68,17 @@ class ImplicitAdjoint(AbstractAdjoint):
 
     def apply(self, fn, y0, args, solver, max_steps):
         box: dict[str, Solution] = {}
-        value, cost = _ImplicitSolve.apply(fn, solver, max_steps, self.hessian, box, y0.detach(), *args)
+        primal = lambda y, a: self.forward(fn, y, a, solver, max_steps)  # noqa: E731
+        value, cost = _ImplicitSolve.apply(fn, primal, self.hessian, box, y0.detach(), *args)
         sol = box["solution"]
         return Solution(value=value, result=sol.result, steps=sol.steps, cost=cost)
 
 
 class _ImplicitSolve(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, fn, solver, max_steps, hessian, box, y0, *args):
+    def forward(ctx, fn, primal, hessian, box, y0, *args):
         with torch.no_grad():
-            sol = solve(fn, y0, [a.detach() if torch.is_tensor(a) else a for a in args], solver, max_steps)
+            sol = primal(y0, [a.detach() if torch.is_tensor(a) else a for a in args])
         box["solution"] = sol
         ctx.fn, ctx.hessian = fn, hessian
         tensors = [a if torch.is_tensor(a) else None for a in args]
@@ -79,9 +92,9 @@ class _ImplicitSolve(torch.autograd.Function):
         y, *saved = ctx.saved_tensors
         it = iter(saved)
         args = [next(it).detach() if is_t else other for is_t, other in zip(ctx.tensor_mask, ctx.others)]
-        wanted = [i for i, a in enumerate(args) if torch.is_tensor(a) and ctx.needs_input_grad[6 + i]]
+        wanted = [i for i, a in enumerate(args) if torch.is_tensor(a) and ctx.needs_input_grad[5 + i]]
         if not wanted:
-            return (None,) * (6 + len(args))
+            return (None,) * (5 + len(args))
         for i in wanted:
             args[i] = args[i].requires_grad_(True)
         g_value = torch.zeros_like(y) if g_value is None else g_value
@@ -101,7 +114,7 @@ class _ImplicitSolve(torch.autograd.Function):
         out: list[Tensor | None] = [None] * len(args)
         for i, g in zip(wanted, grads):
             out[i] = torch.zeros_like(args[i]) if g is None else g
-        return (None, None, None, None, None, None, *out)
+        return (None, None, None, None, None, *out)
 
 
 def _general_solve(a: Tensor, b: Tensor) -> Tensor:

@@ -27,11 +27,13 @@ class H5Samples(Dataset):
 
     Item: {"u": float32 [n_t, *space(, channels)], "params": float32 [n_params],
     "index": int (row in the file), "u0": float32 [*space(, channels)]} (u0 is the first frame
-    when the file has no /samples/u0).
+    when the file has no /samples/u0). With ``time_slices``, u holds only the first that many
+    frames (a training window that stops early).
     """
 
-    def __init__(self, path: str | os.PathLike, indices: Sequence[int] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, indices: Sequence[int] | None = None, time_slices: int | None = None) -> None:
         self.path = Path(path)
+        self.time_slices = time_slices
         meta = read_dataset(self.path, load=False)  # validates; the handle is closed again
         n = meta.n_samples
         self.indices = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64)
@@ -61,7 +63,7 @@ class H5Samples(Dataset):
         i = int(self.indices[k])
         arrays = self._arrays()
         item: dict[str, Any] = {
-            "u": torch.from_numpy(np.asarray(arrays["u"][i], dtype=np.float32)),
+            "u": torch.from_numpy(np.asarray(arrays["u"][i][: self.time_slices], dtype=np.float32)),
             "params": torch.from_numpy(np.asarray(arrays["params"][i], dtype=np.float32)),
             "index": i,
         }
@@ -105,15 +107,24 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
 
 
 class SampleDataModule(L.LightningDataModule):
-    """Train/val/test loaders over the samples of one HDF5 dataset, split by `seed`."""
+    """Train/val/test loaders over the samples of one HDF5 dataset, split by `seed`.
+
+    ``grid`` is the dataset's grid, on which models are evaluated; ``train_grid`` the one the
+    training batches live on: the same, or with ``train_t_max`` only the times t <= train_t_max
+    (temporal extrapolation: train on the early window, test on the whole time span). The val
+    and test splits always hold the whole time span.
+    """
 
     def __init__(self, path: str, batch_size: int = 8, val_fraction: float = 0.1,
                  test_fraction: float = 0.1, num_workers: int = 0, seed: int = 0,
                  generator: str | None = None, generator_params: dict[str, Any] | None = None,
-                 n_samples: int | None = None, generator_workers: int = 1) -> None:
+                 n_samples: int | None = None, generator_workers: int = 1, train_t_max: float | None = None) -> None:
         """``generator`` (a `sciml data generate` name with ``generator_params``, ``n_samples``,
-        seeded by ``seed``) makes ``path`` when it does not exist yet; otherwise the file must exist."""
+        seeded by ``seed``) makes ``path`` when it does not exist yet; otherwise the file must exist.
+        ``train_t_max`` cuts the training samples to the time slices t <= train_t_max."""
         super().__init__()
+        if train_t_max is not None and (isinstance(train_t_max, bool) or not isinstance(train_t_max, (int, float)) or not np.isfinite(train_t_max)):
+            raise ConfigError(f"`train_t_max` (={train_t_max!r}) must be a number (the last training time) or null for the whole time span.")
         if generator is not None and (isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1):
             raise ConfigError(f"`n_samples` (={n_samples!r}) must be an integer >= 1 when `generator` (={generator!r}) is given.")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -128,8 +139,10 @@ class SampleDataModule(L.LightningDataModule):
                               " must be below 1 to leave samples for training.")
         self.save_hyperparameters()
         self.path = path
+        self.train_t_max = None if train_t_max is None else float(train_t_max)
         self.splits: dict[str, H5Samples] = {}
         self.grid: dict[str, np.ndarray] = {}
+        self.train_grid: dict[str, np.ndarray] = {}
 
     def prepare_data(self) -> None:
         hp = self.hparams
@@ -152,9 +165,26 @@ class SampleDataModule(L.LightningDataModule):
         hp = self.hparams
         meta = read_dataset(self.path, load=False)
         self.grid = {k: np.asarray(v, dtype=float) for k, v in meta.grid.items()}  # models read the grid from here
+        n_train_t = self._train_time_slices(self.grid["t"])
+        self.train_grid = {**self.grid, "t": self.grid["t"][:n_train_t]}
         n = meta.n_samples
         for name, idx in split_indices(n, hp.val_fraction, hp.test_fraction, hp.seed).items():
-            self.splits[name] = H5Samples(self.path, idx)
+            self.splits[name] = H5Samples(self.path, idx, time_slices=n_train_t if name == "train" else None)
+
+    def _train_time_slices(self, t: np.ndarray) -> int:
+        """How many leading time slices the training samples keep (all without ``train_t_max``)."""
+        if self.train_t_max is None:
+            return len(t)
+        if np.any(np.diff(t) <= 0):
+            raise DataError(f"{self.path}: the time grid is not increasing, so `train_t_max` cannot cut it into a training window.")
+        n = int(np.sum(t <= self.train_t_max + 1e-9 * (t[-1] - t[0])))  # 1e-9: 400 matches a grid time of 400.00000000001
+        if n == len(t):
+            raise ConfigError(f"`train_t_max` (={self.train_t_max}) covers the whole time grid [{t[0]:g}, {t[-1]:g}] of {self.path}: "
+                              f"nothing is left to extrapolate to. Lower it below {t[-1]:g}, or drop it to train on the whole span.")
+        if n < 3:
+            raise ConfigError(f"`train_t_max` (={self.train_t_max}) keeps {n} of the {len(t)} time slices of {self.path} "
+                              f"(t from {t[0]:g} by {t[1] - t[0]:g}); training needs >= 3 for the time derivatives. Raise it to >= {t[min(2, len(t) - 1)]:g}.")
+        return n
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if not self.splits:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..constraints import HardConstraint, LevenbergMarquardt, Rows, grid_fields
+from ..constraints import Executor, HardConstraint, LevenbergMarquardt, LocalExecutor, RayExecutor, Rows, grid_fields
 from ..errors import ConfigError, TrainingError
 from ..nn import FNO
 from ._config import as_config
@@ -44,6 +44,21 @@ class SolverConfig:
     max_steps: int = 50
     pde_scale: float = 1.0  # factor on the PDE rows (t_end makes them O(1); 1 is the reference's raw units)
     row_weight: float = 1.0  # factor on the IC/BC rows
+    executor: str = "local"  # where the experts are solved: "local" (one batched call) or "ray"
+    ray_address: str | None = None  # executor "ray": a running cluster; None starts a local one
+    ray_workers: int = 2  # executor "ray": chunks of the batch x experts problems, one Ray task each
+
+    def __post_init__(self) -> None:
+        if self.executor not in ("local", "ray"):
+            raise ConfigError(f"model.solver.executor (={self.executor!r}) must be 'local' (one batched solve in this "
+                              "process) or 'ray' (chunks on Ray workers; set model.solver.ray_address for a cluster).")
+        if isinstance(self.ray_workers, bool) or not isinstance(self.ray_workers, int) or self.ray_workers < 1:
+            raise ConfigError(f"model.solver.ray_workers (={self.ray_workers!r}) must be an integer >= 1.")
+
+    def make_executor(self) -> Executor:
+        if self.executor == "ray":
+            return RayExecutor(self.ray_address, num_workers=self.ray_workers)
+        return LocalExecutor()
 
 
 @dataclass
@@ -81,7 +96,8 @@ class PhysicsFNO(L.LightningModule):
         self.pde, self.constraint, self.splits = pde, constraint, tuple(int(s) for s in splits)
         self.solver_cfg = as_config(SolverConfig, solver)
         self.schedule = as_config(ScheduleConfig, schedule)
-        self.net = FNO(1, basis if constraint == "hard" else 1, tuple(modes), width=width, layers=layers, with_grid=True)
+        # Inputs: u0 and the (t, x) coordinates (see _inputs); the same weights as FNO(1, ..., with_grid=True).
+        self.net = FNO(3, basis if constraint == "hard" else 1, tuple(modes), width=width, layers=layers)
         self.model_name = "pi_sc" if constraint == "soft" else ("pi_hc_moe" if any(s > 1 for s in self.splits) else "pi_hc")
         self.save_hyperparameters({
             "pde": pde.to_config(), "constraint": constraint, "splits": list(self.splits), "basis": int(basis),
@@ -90,6 +106,7 @@ class PhysicsFNO(L.LightningModule):
         })
         self.history: dict[str, list[float]] = {"loss": [], "pde": [], "ic": [], "bc": []}
         self._layers: dict[tuple[int, int], HardConstraint] = {}
+        self._executor = self.solver_cfg.make_executor()
 
     # -- prediction ------------------------------------------------------------------------------
     def _layer(self, grid: tuple[int, int]) -> HardConstraint:
@@ -97,7 +114,7 @@ class PhysicsFNO(L.LightningModule):
             s = self.solver_cfg
             self._layers[grid] = HardConstraint(
                 self.pde, grid, self.splits, points=s.points, ridge=s.ridge, max_steps=s.max_steps,
-                solver=LevenbergMarquardt(rtol=s.tol, atol=s.tol * 1e-3), residual_scale=s.pde_scale,
+                solver=LevenbergMarquardt(rtol=s.tol, atol=s.tol * 1e-3), residual_scale=s.pde_scale, executor=self._executor,
             )
         return self._layers[grid]
 
@@ -122,14 +139,23 @@ class PhysicsFNO(L.LightningModule):
     def forward(self, u0: Tensor, t: np.ndarray, x: np.ndarray) -> Tensor:
         """u [batch, n_t, n_x] from u0 [batch, n_x] on the grid (t, x)."""
         nt, nx = len(t), len(x)
-        inputs = u0[:, None, None, :].expand(-1, 1, nt, nx)
-        b = self.net(inputs).permute(0, 2, 3, 1)  # [batch, nt, nx, N]
+        b = self.net(self._inputs(u0, t, x)).permute(0, 2, 3, 1)  # [batch, nt, nx, N]
         if self.constraint == "soft":
             return b[..., 0]
         layer = self._layer((nt, nx))
         # Fresh points every training step; fixed ones in evaluation, so predictions are repeatable.
         points = None if self.training else layer.sample_points(torch.Generator().manual_seed(0))
         return layer(self._fields(b, t, x), rows=self._rows(u0, nt, nx, self._half_cell(x)), points=points)
+
+    def _inputs(self, u0: Tensor, t: np.ndarray, x: np.ndarray) -> Tensor:
+        """[batch, 3, n_t, n_x]: u0 broadcast over time, then t and x scaled to [0, 1] by the PDE's
+        domain, not by the grid: a training grid that stops at t_max < t_end keeps its times, so
+        evaluating on the whole span extrapolates in time instead of stretching it."""
+        (t0, t1), ((x0, x1),) = self.pde.domain.time, self.pde.domain.space
+        coords = [torch.as_tensor((c - lo) / (hi - lo), dtype=u0.dtype, device=u0.device) for c, lo, hi in ((t, t0, t1), (x, x0, x1))]
+        tt, xx = torch.meshgrid(*coords, indexing="ij")
+        batch = len(u0)
+        return torch.stack([u0[:, None, :].expand(-1, len(t), -1), tt.expand(batch, -1, -1), xx.expand(batch, -1, -1)], dim=1)
 
     def _half_cell(self, x: np.ndarray) -> float:
         """Distance from the first grid point to the wall: half a cell on cell-centred grids."""
@@ -150,7 +176,8 @@ class PhysicsFNO(L.LightningModule):
         return {"loss": pde + ic + bc, "pde": pde, "ic": ic, "bc": bc}
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        t, x = self.trainer.datamodule.grid["t"], self.trainer.datamodule.grid["x"]
+        grid = self.trainer.datamodule.train_grid  # the training window: t <= data.train_t_max when set
+        t, x = grid["t"], grid["x"]
         u0 = batch["u0"]
         terms = self.loss_terms(self(u0, t, x), u0, t, x)
         if not torch.isfinite(terms["loss"]):

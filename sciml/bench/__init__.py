@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import ConfigError, did_you_mean
 
 BENCHMARKS: dict[str, str] = {
+    "conservation": "sciml.bench.conservation",
     "constraint": "sciml.bench.constraint",
     "data": "sciml.bench.data",
     "solver": "sciml.bench.solver",

@@ -151,6 +151,25 @@ def test_model_config_errors():
         NeuralProcessModel(pde, bounds=[1.0, 0.0])
     with pytest.raises(ConfigError, match="model.sigma_g"):
         NeuralProcessModel(pde, sigma_g=-1.0)
+    with pytest.raises(ConfigError, match="model.softc_functions \\(=-2\\)"):
+        NeuralProcessModel(pde, softc_functions=-2)
+
+
+@pytest.mark.parametrize("kind", ["anp", "cnp"])
+def test_softc_penalty_trains_through_attention(kind):
+    """SoftC's residual needs second derivatives through attention (math kernel): the loss has a
+    positive PDE term and every weight of the paths it touches gets a finite gradient."""
+    torch.manual_seed(0)
+    model = NeuralProcessModel(ConservationLaw1D("diffusion"), kind=kind, hidden=16, softc_weight=1.0, softc_functions=2)
+    batch = {"xc": torch.rand(4, 10, 2), "yc": torch.rand(4, 10, 1), "xt": torch.rand(4, 6, 2), "yt": torch.rand(4, 6, 1),
+             "param": 1 + 4 * torch.rand(4, 1)}
+    terms = model.loss_terms(batch)
+    assert float(terms["pde"]) > 0
+    terms["loss"].backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    plain = NeuralProcessModel(ConservationLaw1D("diffusion"), kind=kind, hidden=16)
+    assert float(plain.loss_terms(batch)["pde"]) == 0.0
 
 
 # -- data -----------------------------------------------------------------------------------------------

@@ -159,7 +159,7 @@ class NeuralProcess(nn.Module):
         pred, kl = self(xc, yc, xt, yt)
         nll = -pred.log_prob(yt).mean()
         kl = (kl / xt.shape[1]).mean()
-        return {"loss": nll + kl, "nll": nll, "kl": kl, "mean": pred.mean}
+        return {"loss": nll + kl, "nll": nll, "kl": kl}
 
     @torch.no_grad()
     def predict(self, xc: Tensor, yc: Tensor, xt: Tensor, n_latent: int = 50, chunk: int = 4096) -> Gaussian:

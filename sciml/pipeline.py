@@ -156,8 +156,9 @@ def evaluate_model(model: L.LightningModule, dm: L.LightningDataModule, out: str
         metrics["rel_l2_std"] = float(np.std([c["rel_l2"] for c in per_case]))
     eval_s = time.perf_counter() - t0
     title = f"{name}: {model.pde.name}"
-    plot_solution_maps(x, t, pred[0], true[0], out / "solution.png", title=title)
-    plot_snapshots(x, t, pred[0], true[0], out / "snapshots.png")
+    y = getattr(dm, "grid", {}).get("y") if hasattr(model, "predict_samples") else None
+    plot_solution_maps(x, t, pred[0], true[0], out / "solution.png", title=title, y=y)
+    plot_snapshots(x, t, pred[0], true[0], out / "snapshots.png", y=y)
     history = {k: v for k, v in getattr(model, "history", {}).items() if v}
     if history:
         adam_steps = getattr(getattr(model, "opt_cfg", None), "adam_steps", 0)
@@ -193,7 +194,8 @@ def _predict_test_split(model: L.LightningModule, dm: L.LightningDataModule):
     true = np.stack([it["u"].double().numpy() for it in items])
     u0 = np.stack([it["u0"].double().numpy() for it in items])
     x, t = dm.grid["x"], dm.grid["t"]
-    pred = model.predict_samples(u0, t, x)
+    # 2D grids pass y too (models of one space dimension take (u0, t, x)).
+    pred = model.predict_samples(u0, t, x, y=dm.grid["y"]) if "y" in dm.grid else model.predict_samples(u0, t, x)
     return x, t, true, pred, [{"case": {"sample": int(it["index"])}} for it in items]
 
 

@@ -30,16 +30,27 @@ def plot_solution_maps(
     true: np.ndarray,
     path: str | os.PathLike,
     title: str | None = None,
+    *,
+    y: np.ndarray | None = None,
 ) -> Path:
     """Heat maps of the prediction, the exact solution and ``|pred - true|``, side by side.
 
     ``x`` [n_x], ``t`` [n_t], ``pred`` and ``true`` [n_t, n_x]. As in Krishnapriyan et al.
-    (2021), x runs up the vertical axis and t along the horizontal one. Prediction and exact
-    share one colour scale; the figure title carries the relative L2 error. Returns the path.
+    (2021), x runs up the vertical axis and t along the horizontal one. Fields in 2D space,
+    [n_t, n_x, n_y] on ``y`` [n_y] (default: y = x on a square grid), are shown in the (x, y)
+    plane at the last time. Prediction and exact share one colour scale; the figure title
+    carries the relative L2 error (over all times). Returns the path.
     """
-    x, t, pred, true = _check_field(x, t, pred, true)
+    x, t, pred, true, y = _check_field(x, t, pred, true, y)
     vmin, vmax = min(pred.min(), true.min()), max(pred.max(), true.max())
     error = rel_l2(pred[None], true[None])
+    if y is not None:
+        fig = Figure(figsize=(15, 4), layout="constrained")
+        axes = fig.subplots(1, 3, sharex=True, sharey=True)
+        _xy_panels(fig, axes, x, y, (("prediction", pred[-1], vmin, vmax), ("exact", true[-1], vmin, vmax),
+                                      ("|prediction - exact|", np.abs(pred - true)[-1], None, None)))
+        fig.suptitle(f"{title + ': ' if title else ''}t = {t[-1]:.3g}, rel. L2 error = {error:.3e}")
+        return _save(fig, path)
 
     fig = Figure(figsize=(15, 4), layout="constrained")
     axes = fig.subplots(1, 3, sharex=True, sharey=True)
@@ -65,16 +76,28 @@ def plot_snapshots(
     true: np.ndarray,
     path: str | os.PathLike,
     n: int = 4,
+    *,
+    y: np.ndarray | None = None,
 ) -> Path:
     """Line plots of prediction against exact solution at ``n`` evenly spaced times.
 
     ``x`` [n_x], ``t`` [n_t], ``pred`` and ``true`` [n_t, n_x]. The times include the first and
-    the last; ``n`` larger than ``n_t`` shows every time once. Returns the path.
+    the last; ``n`` larger than ``n_t`` shows every time once. Fields in 2D space,
+    [n_t, n_x, n_y] on ``y`` (default: y = x on a square grid), are shown as (x, y) maps, exact
+    above prediction. Returns the path.
     """
-    x, t, pred, true = _check_field(x, t, pred, true)
+    x, t, pred, true, y = _check_field(x, t, pred, true, y)
     if n < 1:
         raise ValueError(f"`n` (={n}) is the number of snapshots and must be at least 1.")
     times = np.unique(np.linspace(0, len(t) - 1, n).round().astype(int))
+    if y is not None:
+        vmin, vmax = min(pred.min(), true.min()), max(pred.max(), true.max())
+        fig = Figure(figsize=(3.5 * len(times), 6.4), layout="constrained")
+        axes = np.asarray(fig.subplots(2, len(times), sharex=True, sharey=True)).reshape(2, len(times))
+        for col, i in enumerate(times):
+            _xy_panels(fig, axes[:, col], x, y, ((f"exact, t = {t[i]:.3g}", true[i], vmin, vmax),
+                                                  (f"prediction, t = {t[i]:.3g}", pred[i], vmin, vmax)))
+        return _save(fig, path)
 
     fig = Figure(figsize=(3.5 * len(times), 3.2), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(times), sharey=True))
@@ -135,17 +158,34 @@ def plot_loss_curve(
 
 
 def _check_field(
-    x: np.ndarray, t: np.ndarray, pred: np.ndarray, true: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    x: np.ndarray, t: np.ndarray, pred: np.ndarray, true: np.ndarray, y: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """(x, t, pred, true, y) as float64; y is None for fields in 1D space, else the y axis."""
     x, t = np.asarray(x, dtype=np.float64).ravel(), np.asarray(t, dtype=np.float64).ravel()
     pred, true = np.asarray(pred, dtype=np.float64), np.asarray(true, dtype=np.float64)
-    expected = (t.size, x.size)
+    if pred.ndim == 3 and y is None and pred.shape[2] == x.size:
+        y = x  # a square grid, as the pipeline passes it (x only)
+    if y is not None:
+        y = np.asarray(y, dtype=np.float64).ravel()
+    expected = (t.size, x.size) if y is None else (t.size, x.size, y.size)
     if pred.shape != expected or true.shape != expected:
+        axes = "[n_t, n_x]" if y is None else "[n_t, n_x, n_y]"
         raise ValueError(
             f"`pred` has shape {pred.shape} and `true` has shape {true.shape}; both must be "
-            f"[n_t, n_x] = {expected} for `t` of {t.size} and `x` of {x.size} points."
+            f"{axes} = {expected} for `t` of {t.size} and `x` of {x.size} points"
+            + ("." if y is None else f" and `y` of {y.size}.")
         )
-    return x, t, pred, true
+    return x, t, pred, true, y
+
+
+def _xy_panels(fig: Figure, axes, x: np.ndarray, y: np.ndarray, panels) -> None:
+    """(title, field [n_x, n_y], vmin, vmax) panels as (x, y) heat maps, x along the horizontal."""
+    for ax, (name, field, lo, hi) in zip(axes, panels):
+        mesh = ax.pcolormesh(x, y, field.T, cmap="viridis" if lo is not None else "magma", vmin=lo, vmax=hi, shading="nearest")
+        fig.colorbar(mesh, ax=ax)
+        ax.set_title(name)
+        ax.set_xlabel("x")
+        ax.set_ylabel("y")
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:

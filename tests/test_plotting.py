@@ -82,3 +82,14 @@ def test_failed_save_leaves_nothing(tmp_path, solution, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         plot_snapshots(*solution, tmp_path / "snapshots.png")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_fields_in_two_space_dimensions(tmp_path):
+    """[n_t, n_x, n_y] fields are drawn as (x, y) maps; y defaults to x on a square grid."""
+    x, t = np.linspace(0, 1, 12, endpoint=False), np.linspace(0, 1, 5)
+    true = np.sin(2 * np.pi * (x[None, :, None] + x[None, None, :] - t[:, None, None]))
+    plot_solution_maps(x, t, true + 0.01, true, tmp_path / "maps.png")
+    plot_snapshots(x, t, true + 0.01, true, tmp_path / "snapshots.png", n=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["maps.png", "snapshots.png"]
+    with pytest.raises(ValueError, match=r"\[n_t, n_x, n_y\] = \(5, 12, 7\)"):
+        plot_solution_maps(x, t, true, true, tmp_path / "bad.png", y=np.arange(7))

@@ -9,6 +9,7 @@ import torch
 
 from ..errors import DataError, SciMLError
 from .hard_constrained import PhysicsFNO
+from .hard_constrained_ns import PhysicsFNO3d
 from .lpinn import LPINN
 from .pinn import PINN, LossWeights, OptimizerConfig
 from .probconserv import NeuralProcessModel
@@ -19,6 +20,7 @@ MODEL_CLASSES: dict[str, type[L.LightningModule]] = {
     "sciml.models.hard_constrained.PhysicsFNO": PhysicsFNO,
     "sciml.models.lpinn.LPINN": LPINN,
     "sciml.models.probconserv.NeuralProcessModel": NeuralProcessModel,
+    "sciml.models.hard_constrained_ns.PhysicsFNO3d": PhysicsFNO3d,
 }
 
 
@@ -55,4 +57,4 @@ def _describe(exc: BaseException, limit: int = 300) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-__all__ = ["LPINN", "NeuralProcessModel", "PhysicsFNO", "PINN", "OptimizerConfig", "LossWeights", "load_model", "MODEL_CLASSES"]
+__all__ = ["LPINN", "NeuralProcessModel", "PhysicsFNO", "PINN", "OptimizerConfig", "LossWeights", "load_model", "MODEL_CLASSES", "PhysicsFNO3d"]

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..constraints import Executor, HardConstraint, LevenbergMarquardt, LocalExecutor, RayExecutor, Rows, grid_fields
+from ..constraints import (Executor, HardConstraint, ImplicitAdjoint, LevenbergMarquardt, LocalExecutor, RayExecutor, Rows,
+                           grid_fields)
 from ..errors import ConfigError, TrainingError
 from ..nn import FNO
 from ._config import as_config
@@ -47,8 +48,14 @@ class SolverConfig:
     executor: str = "local"  # where the experts are solved: "local" (one batched call) or "ray"
     ray_address: str | None = None  # executor "ray": a running cluster; None starts a local one
     ray_workers: int = 2  # executor "ray": chunks of the batch x experts problems, one Ray task each
+    # The implicit gradient's Hessian: "gauss-newton" is exact for residuals linear in the
+    # coefficients (diffusion-sorption's are, up to R(u)); "exact" adds the second derivatives
+    # (Navier-Stokes' advection term makes the residual quadratic in them).
+    hessian: str = "gauss-newton"
 
     def __post_init__(self) -> None:
+        if self.hessian not in ("gauss-newton", "exact"):
+            raise ConfigError(f"model.solver.hessian (={self.hessian!r}) must be 'gauss-newton' or 'exact'.")
         if self.executor not in ("local", "ray"):
             raise ConfigError(f"model.solver.executor (={self.executor!r}) must be 'local' (one batched solve in this "
                               "process) or 'ray' (chunks on Ray workers; set model.solver.ray_address for a cluster).")
@@ -59,6 +66,14 @@ class SolverConfig:
         if self.executor == "ray":
             return RayExecutor(self.ray_address, num_workers=self.ray_workers)
         return LocalExecutor()
+
+    def make_layer(self, pde: PDE, grid: tuple[int, ...], splits: Sequence[int], executor: Executor | None = None) -> HardConstraint:
+        """The hard-constraint layer this config describes on ``grid`` with ``splits`` experts."""
+        return HardConstraint(
+            pde, grid, splits, points=self.points, ridge=self.ridge, max_steps=self.max_steps,
+            solver=LevenbergMarquardt(rtol=self.tol, atol=self.tol * 1e-3), adjoint=ImplicitAdjoint(self.hessian),
+            residual_scale=self.pde_scale, executor=executor or self.make_executor(),
+        )
 
 
 @dataclass
@@ -111,11 +126,7 @@ class PhysicsFNO(L.LightningModule):
     # -- prediction ------------------------------------------------------------------------------
     def _layer(self, grid: tuple[int, int]) -> HardConstraint:
         if grid not in self._layers:
-            s = self.solver_cfg
-            self._layers[grid] = HardConstraint(
-                self.pde, grid, self.splits, points=s.points, ridge=s.ridge, max_steps=s.max_steps,
-                solver=LevenbergMarquardt(rtol=s.tol, atol=s.tol * 1e-3), residual_scale=s.pde_scale, executor=self._executor,
-            )
+            self._layers[grid] = self.solver_cfg.make_layer(self.pde, grid, self.splits, self._executor)
         return self._layers[grid]
 
     def _fields(self, b: Tensor, t: np.ndarray, x: np.ndarray) -> dict[str, Tensor]:

@@ -4,6 +4,7 @@ from .base import PDE, Domain, pde_from_config
 from .conservation_laws import ConservationLaw1D, MeshConservationLaw
 from .derivatives import autograd_fields
 from .diffusion_sorption import DiffusionSorption
+from .navier_stokes import NavierStokes2D
 from .periodic1d import Burgers, Convection, ConvectionDiffusion, Reaction, ReactionDiffusion
 
 __all__ = [
@@ -19,4 +20,5 @@ __all__ = [
     "ConvectionDiffusion",
     "Reaction",
     "ReactionDiffusion",
+    "NavierStokes2D",
 ]

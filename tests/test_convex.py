@@ -229,7 +229,12 @@ def test_benchmark_writes_json_and_table(tmp_path, monkeypatch, capsys):
 
     from sciml.bench import constraint
 
+    from sciml.bench import solver
+
     monkeypatch.setitem(constraint.QUICK, "sizes", [(2, 30, 4)])  # without cvxpylayers its columns say "skipped"
+    # the optimistix / MoE part has its own tests (test_bench.py); here only that it is included
+    stub = {"quick": True, "date": "today", "machine": "m", "versions": {"peer": "optimistix stub"}, "versus_optimistix": [], "moe_scaling": []}
+    monkeypatch.setattr(solver, "measure", lambda quick: stub)
     result = constraint.run(quick=True, out_dir=tmp_path)
     saved = json.loads((tmp_path / "constraint.json").read_text())
     assert saved["threads"] == torch.get_num_threads() and saved["versions"]["torch"] == torch.__version__
@@ -237,3 +242,4 @@ def test_benchmark_writes_json_and_table(tmp_path, monkeypatch, capsys):
     assert methods["closed_form"]["error_w"] < 1e-12 and methods["least_squares"]["error_grad"] < 1e-10
     assert "| 2 | 3e+01 | 4 |" in (tmp_path / "constraint.md").read_text()
     assert "closed form" in capsys.readouterr().out and result["goal"]["closed_form"]["checks"] == []
+    assert saved["solver"] == stub and "optimistix stub" in (tmp_path / "constraint.md").read_text()

@@ -194,7 +194,12 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
         case["ratios"] = {f"{peer}/{ours}": seconds[peer] / seconds[ours] for peer in PEERS for ours in ("least_squares", "closed_form")
                           if seconds.get(peer) and seconds.get(ours)}
     result["goal"] = _goal(result["cases"])
-    return publish("constraint", result, markdown(result), out_dir)
+    # The nonlinear solve vs optimistix and the MoE scaling (sciml.bench.solver) belong to the same
+    # question, the constraint layer's cost: run them here too so one command prints every ratio.
+    from . import solver
+
+    result["solver"] = solver.measure(quick)
+    return publish("constraint", result, markdown(result) + "\n" + solver.markdown(result["solver"]), out_dir)
 
 
 def _goal(cases: list[dict[str, Any]]) -> dict[str, Any]:

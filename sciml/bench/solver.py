@@ -190,6 +190,12 @@ def moe_scaling(quick: bool) -> list[dict[str, Any]]:
 
 
 def run(quick: bool, out_dir: Path) -> dict[str, Any]:
+    report = measure(quick)
+    return publish("solver", report, markdown(report), out_dir)
+
+
+def measure(quick: bool) -> dict[str, Any]:
+    """The report: our solve vs optimistix, and MoE against one expert as points grow."""
     try:
         import jax
         import optimistix
@@ -202,7 +208,7 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
         "versions": {"sciml": __version__, "torch": torch.__version__, "peer": peer},
         "versus_optimistix": versus_optimistix(quick), "moe_scaling": moe_scaling(quick),
     }
-    return publish("solver", report, markdown(report), out_dir)
+    return report
 
 
 def markdown(r: dict[str, Any]) -> str:

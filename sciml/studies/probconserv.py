@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from .._io import atomic_write_json, atomic_write_text
+from .._io import atomic_write, atomic_write_json, atomic_write_text
 from ..constraints.conservation import bounded_update, conservation_update, hard_projection
 from ..errors import ConfigError, TrainingError
 from ..plotting import _save
@@ -171,8 +171,17 @@ def evaluate_conservation(model, dm, out: str | Path, name: str, train_seconds: 
 
         plot_loss_curve({k: v for k, v in model.history.items() if v and any(v)}, out / "loss.png")
     atomic_write_text(out / "results.md", results_table([report]))
+    export_weights(model, out / "model.ckpt")
     atomic_write_json(out / "metrics.json", report)
     return report
+
+
+def export_weights(model, path: Path) -> Path:
+    """The trained model alone (class, hyperparameters, weights; no optimiser state): a small
+    file that :func:`sciml.models.load_model` rebuilds, for shipping as a pretrained solver."""
+    ckpt = {"sciml_model": f"{type(model).__module__}.{type(model).__qualname__}", "hyper_parameters": dict(model.hparams),
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    return atomic_write(path, lambda fh: torch.save(ckpt, fh))
 
 
 def _shock_truth(f, k: int, t_star: float) -> float | None:
@@ -327,4 +336,4 @@ def compare(out: Path, quick: bool, models: Mapping[str, ModelSpec], overrides: 
     return {"model": "+".join(specs), "metrics": metrics, "per_case": per_case, "seconds": seconds}
 
 
-__all__ = ["compare", "evaluate_conservation", "results_table", "variant_label"]
+__all__ = ["compare", "evaluate_conservation", "export_weights", "results_table", "variant_label"]

@@ -29,8 +29,8 @@ from ..constraints import (Executor, HardConstraint, ImplicitAdjoint, LevenbergM
                            grid_fields)
 from ..errors import ConfigError, TrainingError
 from ..nn import FNO
-from ._config import as_config
-from ..pdes import PDE, DiffusionSorption, pde_from_config
+from ._config import Checkpointed, as_config
+from ..pdes import PDE, DiffusionSorption
 
 _FIELDS = ("u", "u_t", "u_x", "u_xx")
 
@@ -85,7 +85,7 @@ class ScheduleConfig:
     floor: float = 1e-4
 
 
-class PhysicsFNO(L.LightningModule):
+class PhysicsFNO(Checkpointed, L.LightningModule):
     """An FNO basis network with a soft or hard physics constraint, on (t, x) grids.
 
     Args:
@@ -215,17 +215,3 @@ class PhysicsFNO(L.LightningModule):
         out = [self(torch.as_tensor(u0[i:i + batch_size], dtype=p.dtype, device=p.device), t, x).double().cpu().numpy()
                for i in range(0, len(u0), batch_size)]
         return np.concatenate(out)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["sciml_model"] = f"{type(self).__module__}.{type(self).__qualname__}"
-        checkpoint["loss_history"] = self.history
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.history = {k: list(v) for k, v in checkpoint.get("loss_history", self.history).items()}
-
-    @classmethod
-    def from_hparams(cls, hparams: dict) -> PhysicsFNO:
-        hp = dict(hparams)
-        return cls(pde=pde_from_config(hp.pop("pde")), **hp)
-
-

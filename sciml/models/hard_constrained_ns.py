@@ -31,15 +31,15 @@ from torch import Tensor
 from ..constraints import HardConstraint, grid_fields
 from ..errors import ConfigError, TrainingError
 from ..nn import FNO
-from ..pdes import PDE, NavierStokes2D, pde_from_config
-from ._config import as_config
+from ..pdes import PDE, NavierStokes2D
+from ._config import Checkpointed, as_config
 from .hard_constrained import ScheduleConfig, SolverConfig
 
 _AXES = {"t": 1, "x": 2, "y": 3}
 _PERIODIC = {"x": True, "y": True}
 
 
-class PhysicsFNO3d(L.LightningModule):
+class PhysicsFNO3d(Checkpointed, L.LightningModule):
     """An FNO3d basis network with a soft or hard physics constraint, for 2D Navier-Stokes.
 
     Args:
@@ -176,15 +176,3 @@ class PhysicsFNO3d(L.LightningModule):
         out = [self(torch.as_tensor(u0[i:i + batch_size], dtype=p.dtype, device=p.device), t, x, y).double().cpu().numpy()
                for i in range(0, len(u0), batch_size)]
         return np.concatenate(out)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["sciml_model"] = f"{type(self).__module__}.{type(self).__qualname__}"
-        checkpoint["loss_history"] = self.history
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.history = {k: list(v) for k, v in checkpoint.get("loss_history", self.history).items()}
-
-    @classmethod
-    def from_hparams(cls, hparams: dict) -> PhysicsFNO3d:
-        hp = dict(hparams)
-        return cls(pde=pde_from_config(hp.pop("pde")), **hp)

@@ -15,8 +15,6 @@ so ProbConserv runs on top of the ANP or of the cheap model alike.
 
 from __future__ import annotations
 
-from typing import Any
-
 import lightning as L
 import torch
 from torch import Tensor
@@ -24,12 +22,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..errors import ConfigError, TrainingError
 from ..nn.neural_process import Gaussian, NeuralProcess
-from ..pdes import PDE, ConservationLaw1D, pde_from_config
+from ..pdes import PDE, ConservationLaw1D
+from ._config import Checkpointed
 
 KINDS = {"anp": {"attention": True, "latent": True}, "cnp": {"attention": False, "latent": False}}
 
 
-class NeuralProcessModel(L.LightningModule):
+class NeuralProcessModel(Checkpointed, L.LightningModule):
     """A neural process over functions of (t, x[, y]) for the conservation-law datasets.
 
     Args:
@@ -135,17 +134,6 @@ class NeuralProcessModel(L.LightningModule):
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.lr)
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["sciml_model"] = f"{type(self).__module__}.{type(self).__qualname__}"
-        checkpoint["loss_history"] = self.history
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.history = {k: list(v) for k, v in checkpoint.get("loss_history", self.history).items()}
-
-    @classmethod
-    def from_hparams(cls, hparams: dict[str, Any]) -> NeuralProcessModel:
-        hp = dict(hparams)
-        return cls(pde=pde_from_config(hp.pop("pde")), **hp)
 
 
 __all__ = ["KINDS", "NeuralProcessModel"]

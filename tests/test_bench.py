@@ -32,3 +32,16 @@ def test_solver_markdown_handles_a_missing_peer():
 def test_unknown_benchmark_is_refused_with_a_suggestion(tmp_path):
     with pytest.raises(ConfigError, match="Did you mean `solver`"):
         run_benchmark("solvr", out_dir=tmp_path)
+
+
+def test_conservation_benchmark_agrees_with_the_dense_formula(tmp_path):
+    """Ours and the dense peer give the same posterior; every draw conserves; the table is written."""
+    import json
+
+    report = run_benchmark("conservation", quick=True, out_dir=tmp_path)
+    for row in report["single_row"]:
+        assert row["mean_err"] < 1e-12 and row["var_err"] < 1e-12
+        assert row["ce"] < 1e-12 and row["sample_ce"] < 1e-12 and row["update_ratio"] > 0
+    assert all(row["ce"] < 1e-12 for row in report["space_time"])
+    assert json.loads((tmp_path / "conservation.json").read_text())["n_samples"] == 500
+    assert "| 1e+03 |" in (tmp_path / "conservation.md").read_text()

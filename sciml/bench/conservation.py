@@ -116,8 +116,8 @@ def markdown(r: dict[str, Any]) -> str:
     for row in r["single_row"]:
         g = row.get
         lines.append(f"| {row['n']:.0e} | {row['ours_update_s'] * 1e3:.3g} | {f(g('dense_update_s', None) and g('dense_update_s') * 1e3, '.4g')} | "
-                     f"{f(g('update_ratio'), '.0f')}x | {f(row['ours_samples_s'] * 1e3, '.4g')} | "
-                     f"{f(g('dense_samples_s', None) and g('dense_samples_s') * 1e3, '.4g')} | {f(g('samples_ratio'), '.0f')}x | "
+                     f"{f(g('update_ratio'), '.0f')}{'x' if g('update_ratio') else ''} | {f(row['ours_samples_s'] * 1e3, '.4g')} | "
+                     f"{f(g('dense_samples_s', None) and g('dense_samples_s') * 1e3, '.4g')} | {f(g('samples_ratio'), '.0f')}{'x' if g('samples_ratio') else ''} | "
                      f"{f(g('mean_err'), '.1e')} | {f(g('var_err'), '.1e')} | {row['ce']:.1e}, {f(g('sample_ce'), '.1e')} |")
     lines += ["", "Per-slice updates of space-time fields (time as a batch axis):", "",
               "| functions x slices x points | ms | values / s | max CE |", "|---|---|---|---|"]

@@ -229,8 +229,13 @@ def _plot_case(f, k, slices, s, variants, true, shock, out: Path, set_name: str,
     if shock is not None:
         fig = Figure(figsize=(7.0, 4.0), layout="constrained")
         ax = fig.subplots()
+        x = f.coords[0, :, 1]
+        edges = np.concatenate([[x[0]], (x[1:] + x[:-1]) / 2, [x[-1]]])  # one bin per grid point
+        lo = min(float(v["shock"].min()) for v in variants.values())
+        hi = max(float(v["shock"].max()) for v in variants.values())
+        edges = edges[max(np.searchsorted(edges, lo) - 2, 0):np.searchsorted(edges, hi) + 2]
         for j, (variant, v) in enumerate(variants.items()):
-            ax.hist(v["shock"][:, 0], bins=40, alpha=0.45, color=f"C{j}", label=variant_label(variant))
+            ax.hist(v["shock"][:, 0], bins=edges, histtype="step", linewidth=1.8, color=f"C{j}", label=variant_label(variant))
         ax.axvline(shock, color="k", linewidth=2, label="exact front")
         ax.set_xlabel("shock position x")
         ax.set_ylabel(f"count of {N_SHOCK_SAMPLES} posterior samples")

@@ -124,6 +124,7 @@ def evaluate_conservation(model, dm, out: str | Path, name: str, train_seconds: 
 
     out = Path(out)
     model.eval()
+    torch.manual_seed(0)  # the latent samples: `sciml evaluate RUN` reproduces metrics.json
     dm.prepare_data()
     dm.setup("test")
     if not dm.tests:
@@ -325,20 +326,26 @@ def compare(out: Path, quick: bool, models: Mapping[str, ModelSpec], overrides: 
     from ..pipeline import run_experiment
 
     specs = model_specs(models)
-    reports, metrics = [], {}
+    reports = {}
     for name, (config, extra) in specs.items():
-        report = run_experiment(config, out=out / name, quick=quick, overrides=[*extra, *overrides])
-        if report.get("model") is None or "per_case" not in report:
+        reports[name] = run_experiment(config, out=out / name, quick=quick, overrides=[*extra, *overrides])
+        if reports[name].get("model") is None or "per_case" not in reports[name]:
             raise ConfigError(f"`models.{name}` ({config}) is not a ProbConserv model experiment (it reported no per-case metrics).")
-        reports.append(report)
-        clash = set(metrics) & set(report["metrics"])
-        if clash:
+    return combine(reports, out)
+
+
+def combine(reports: Mapping[str, Mapping[str, Any]], out: Path) -> dict[str, Any]:
+    """One report (and ``out/results.md``) from the reports of several models' runs, by name."""
+    metrics: dict[str, float] = {}
+    for name, report in reports.items():
+        if clash := set(metrics) & set(report["metrics"]):
             raise ConfigError(f"`models.{name}` reports {sorted(clash)[0]!r} again: two models of the comparison are the same variant; give each a different kind or softc_weight.")
         metrics |= report["metrics"]
-    atomic_write_text(out / "results.md", results_table(reports))
-    per_case = [c for r in reports for c in r["per_case"]]
-    seconds = {"train": sum(r["seconds"]["train"] or 0.0 for r in reports), "eval": sum(r["seconds"]["eval"] for r in reports)}
-    return {"model": "+".join(specs), "metrics": metrics, "per_case": per_case, "seconds": seconds}
+    runs = list(reports.values())
+    atomic_write_text(out / "results.md", results_table(runs))
+    per_case = [c for r in runs for c in r["per_case"]]
+    seconds = {"train": sum(r["seconds"]["train"] or 0.0 for r in runs), "eval": sum(r["seconds"]["eval"] for r in runs)}
+    return {"model": "+".join(reports), "metrics": metrics, "per_case": per_case, "seconds": seconds}
 
 
-__all__ = ["compare", "evaluate_conservation", "export_weights", "results_table", "variant_label"]
+__all__ = ["combine", "compare", "evaluate_conservation", "export_weights", "results_table", "variant_label"]

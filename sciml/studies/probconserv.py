@@ -132,7 +132,7 @@ def evaluate_conservation(model, dm, out: str | Path, name: str, train_seconds: 
     t0 = time.perf_counter()
     metrics: dict[str, float] = {}
     per_case: list[dict[str, Any]] = []
-    single = len(dm.tests) == 1
+    pooled: dict[tuple[str, str], dict[str, list[np.ndarray]]] = {}
     for set_name, f in dm.tests.items():
         i_star = dm.t_index(set_name)
         slices = _slices(len(f.t), i_star)
@@ -149,21 +149,29 @@ def evaluate_conservation(model, dm, out: str | Path, name: str, train_seconds: 
             shock = _shock_truth(f, k, float(f.t[i_star]))
             x = f.coords[0, :, 1]
             for variant, v in variants.items():
-                stats = _stats(v["mean"][:, s], v["var"][:, s], true[s], f.weights, b[s])
+                raw = _raw_stats(v["mean"][:, s], v["var"][:, s], true[s], f.weights, b[s])
                 if shock is not None:
                     pos = _shock_positions(_samples_at(v, s, N_SHOCK_SAMPLES, seed=k), x)
                     v["shock"] = pos
-                    stats |= _mean_se("shock_pos_err", np.abs(pos.mean(0) - shock))
-                    stats["shock_pos"] = float(pos.mean())
+                    raw["shock_pos_err"] = np.abs(pos.mean(0) - shock)
+                    raw["shock_pos"] = pos.mean(0)
                 v["drift"] = (v["mean"] @ f.weights - b).mean(0)  # G u - b per slice, mean over functions
-                per_case.append({**case, "variant": variant, **stats})
-                if k == 0:
-                    suffix = "" if single else f"_{set_name}"
-                    metrics |= {f"{variant}/{m}{suffix}": val for m, val in stats.items()}
+                per_case.append({**case, "variant": variant, **_summary(raw)})
+                for m, values in raw.items():
+                    pooled.setdefault((set_name, variant), {}).setdefault(m, []).append(values)
             if k == 0:
                 _plot_case(f, k, slices, s, variants, true, shock, out, set_name, title=f"{name}: {set_name}")
+    # Metrics of a test set: over every (test function, context draw) pair of it.
+    single, summary = len(dm.tests) == 1, []
+    for (set_name, variant), raw in pooled.items():
+        stats = _summary({m: np.concatenate(v) for m, v in raw.items()})
+        suffix = "" if single else f"_{set_name}"
+        metrics |= {f"{variant}/{m}{suffix}": val for m, val in stats.items()}
+        f = dm.tests[set_name]
+        params = {n: float(v) for n, v in zip(f.meta.param_names, f.params[0])} if len(f.u) == 1 else {"functions": len(f.u)}
+        summary.append({"test_set": set_name, "variant": variant, "param": params, "t_star": float(f.t[dm.t_index(set_name)]), **stats})
     report = {
-        "experiment": name, "model": model.model_name, "metrics": metrics, "per_case": per_case,
+        "experiment": name, "model": model.model_name, "metrics": metrics, "summary": summary, "per_case": per_case,
         "seconds": {"train": train_seconds, "eval": time.perf_counter() - t0},
         "steps": len(model.history.get("loss", [])), "device": _device_name(model), "versions": versions(),
     }
@@ -195,17 +203,22 @@ def _shock_truth(f, k: int, t_star: float) -> float | None:
     return alpha * math.sqrt(t_star)
 
 
-def _mean_se(name: str, values: np.ndarray) -> dict[str, float]:
-    values = np.asarray(values, dtype=np.float64)
-    se = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
-    return {name: float(values.mean()), f"{name}_se": se}
-
-
-def _stats(mean: np.ndarray, var: np.ndarray, true: np.ndarray, weights: np.ndarray, b: float) -> dict[str, float]:
-    """CE, MSE and LL of [n_functions, n_points] predictions at one time, mean and standard error."""
+def _raw_stats(mean: np.ndarray, var: np.ndarray, true: np.ndarray, weights: np.ndarray, b: float) -> dict[str, np.ndarray]:
+    """CE, MSE and LL of [n_functions, n_points] predictions at one time, one value per function."""
     var = np.maximum(var, 1e-300)
     ll = -0.5 * (LOG_2PI + np.log(var) + (true - mean) ** 2 / var).mean(-1)
-    return {**_mean_se("ce", mean @ weights - b), **_mean_se("mse", ((mean - true) ** 2).mean(-1)), **_mean_se("ll", ll)}
+    return {"ce": mean @ weights - b, "mse": ((mean - true) ** 2).mean(-1), "ll": ll}
+
+
+def _summary(raw: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Mean and standard error (``NAME_se``) of each metric; ``shock_pos`` as a plain mean."""
+    out: dict[str, float] = {}
+    for name, values in raw.items():
+        values = np.asarray(values, dtype=np.float64)
+        out[name] = float(values.mean())
+        if name != "shock_pos":
+            out[f"{name}_se"] = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
+    return out
 
 
 # -- plots ----------------------------------------------------------------------------------------------
@@ -288,13 +301,12 @@ def results_table(reports: Sequence[Mapping[str, Any]]) -> str:
     """The paper's table, one per test set: rows = variants, columns CE, LL, MSE (+ shock)."""
     rows: dict[str, dict[str, dict[str, Any]]] = {}
     for report in reports:
-        for case in report["per_case"]:
-            if case["function"] == 0:
-                rows.setdefault(case["test_set"], {})[case["variant"]] = case
+        for case in report["summary"]:
+            rows.setdefault(case["test_set"], {})[case["variant"]] = case
     lines = []
     for set_name, by_variant in rows.items():
         any_case = next(iter(by_variant.values()))
-        params = ", ".join(f"{k} = {v:g}" for k, v in any_case["param"].items())
+        params = ", ".join(f"{k} = {v:g}" for k, v in any_case["param"].items())  # or the number of functions
         shock = any("shock_pos_err" in c for c in by_variant.values())
         head = ["model", "CE", "LL", "MSE"] + (["shock pos.", "|shock error|"] if shock else [])
         lines += [f"**{set_name}** ({params}, t* = {any_case['t_star']:g}; mean +- standard error)", "",
@@ -329,7 +341,7 @@ def compare(out: Path, quick: bool, models: Mapping[str, ModelSpec], overrides: 
     reports = {}
     for name, (config, extra) in specs.items():
         reports[name] = run_experiment(config, out=out / name, quick=quick, overrides=[*extra, *overrides])
-        if reports[name].get("model") is None or "per_case" not in reports[name]:
+        if reports[name].get("model") is None or "summary" not in reports[name]:
             raise ConfigError(f"`models.{name}` ({config}) is not a ProbConserv model experiment (it reported no per-case metrics).")
     return combine(reports, out)
 
@@ -344,8 +356,9 @@ def combine(reports: Mapping[str, Mapping[str, Any]], out: Path) -> dict[str, An
     runs = list(reports.values())
     atomic_write_text(out / "results.md", results_table(runs))
     per_case = [c for r in runs for c in r["per_case"]]
+    summary = [c for r in runs for c in r["summary"]]
     seconds = {"train": sum(r["seconds"]["train"] or 0.0 for r in runs), "eval": sum(r["seconds"]["eval"] for r in runs)}
-    return {"model": "+".join(reports), "metrics": metrics, "per_case": per_case, "seconds": seconds}
+    return {"model": "+".join(reports), "metrics": metrics, "summary": summary, "per_case": per_case, "seconds": seconds}
 
 
 __all__ = ["combine", "compare", "evaluate_conservation", "export_weights", "results_table", "variant_label"]

@@ -84,6 +84,12 @@ class ScheduleConfig:
     halve_every: int = 800
     floor: float = 1e-4
 
+    def optimizers(self, params) -> dict:
+        """Lightning's optimiser config: Adam and the step-wise halving schedule."""
+        opt = torch.optim.Adam(params, lr=self.lr)
+        factor = lambda step: max(0.5 ** (step // max(self.halve_every, 1)), self.floor / self.lr)  # noqa: E731
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor), "interval": "step"}}
+
 
 class PhysicsFNO(Checkpointed, L.LightningModule):
     """An FNO basis network with a soft or hard physics constraint, on (t, x) grids.
@@ -203,10 +209,7 @@ class PhysicsFNO(Checkpointed, L.LightningModule):
         return terms["loss"]
 
     def configure_optimizers(self):
-        s = self.schedule
-        opt = torch.optim.Adam(self.parameters(), lr=s.lr)
-        factor = lambda step: max(0.5 ** (step // max(s.halve_every, 1)), s.floor / s.lr)  # noqa: E731
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor), "interval": "step"}}
+        return self.schedule.optimizers(self.parameters())
 
     @torch.no_grad()
     def predict_samples(self, u0: np.ndarray, t: np.ndarray, x: np.ndarray, batch_size: int = 4) -> np.ndarray:

@@ -159,10 +159,7 @@ class PhysicsFNO3d(Checkpointed, L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        s = self.schedule
-        opt = torch.optim.Adam(self.parameters(), lr=s.lr)
-        factor = lambda step: max(0.5 ** (step // max(s.halve_every, 1)), s.floor / s.lr)  # noqa: E731
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor), "interval": "step"}}
+        return self.schedule.optimizers(self.parameters())
 
     @torch.no_grad()
     def predict_samples(self, u0: np.ndarray, t: np.ndarray, x: np.ndarray, y: np.ndarray | None = None, batch_size: int = 2) -> np.ndarray:

@@ -18,8 +18,11 @@ mode=${1:-}
 case "$mode" in
   prepare)
     mkdir -p shared/wheels
-    .venv/bin/python -m pip download --no-deps -d shared/wheels jsonargparse typeshed-client docstring-parser rich \
-      markdown-it-py mdurl pygments pyyaml
+    # pure-Python wheels (lightning already brings PyYAML); the versions of requirements.lock
+    for pkg in jsonargparse typeshed-client docstring-parser rich markdown-it-py mdurl pygments; do
+      pin=$(grep -i "^${pkg}==" requirements.lock | cut -d' ' -f1)
+      python3 -m pip download --no-deps --only-binary=:all: -d shared/wheels "${pin:-$pkg}"
+    done
     for case in diffusion pme stefan; do  # training and test sets (exact solutions; small)
       .venv/bin/sciml run "experiments/probconserv/anp_$case.yaml" --quick --out "/tmp/sciml_prepare_$case" >/dev/null
     done

@@ -205,6 +205,10 @@ def evaluate_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> d
     config = run_dir / "config.yaml"
     if not config.is_file():
         raise ConfigError(f"{run_dir} is not a run folder (no config.yaml); give the --out folder of `sciml run` or `sciml train`.")
+    if "study" in read_yaml(config):
+        runs = sorted(str(p.parent) for p in run_dir.glob("**/config.yaml") if p.parent != run_dir)
+        raise ConfigError(f"{run_dir} is the folder of a study (several runs); evaluate one of its runs"
+                          f"{': ' + ', '.join(runs) if runs else ''}, or rerun the study with `sciml run`.")
     parser, cfg = load_config(config)
     set_threads(cfg.threads)
     objs = instantiate(parser, cfg)

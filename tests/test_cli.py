@@ -394,3 +394,13 @@ def test_killed_generation_resumes_to_a_complete_valid_file(tmp_path):
     once = generate("burgers", tmp_path / "once.h5", n=40, params={"nx": 512, "nt": 50, "nu": 0.01}, progress=False)
     with h5py.File(out) as f, h5py.File(once) as g:
         assert np.array_equal(f["samples/u"][()], g["samples/u"][()])
+
+
+def test_evaluate_on_a_study_folder_names_its_runs(capsys, tmp_path):
+    study = tmp_path / "study"
+    (study / "anp").mkdir(parents=True)
+    (study / "config.yaml").write_text("name: s\nstudy: sciml.studies.probconserv.compare\nargs: {models: {}}\n")
+    (study / "anp" / "config.yaml").write_text("name: a\n")
+    code, _, err = sciml(capsys, "evaluate", study)
+    assert code == ConfigError.exit_code
+    assert_clean_error(code, err, "is the folder of a study", str(study / "anp"))

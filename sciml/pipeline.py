@@ -8,6 +8,7 @@ plots. Every file is written atomically. An interrupted run with an unchanged co
 
 from __future__ import annotations
 
+import json
 import platform
 import shutil
 import time
@@ -213,7 +214,15 @@ def evaluate_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> d
     set_threads(cfg.threads)
     objs = instantiate(parser, cfg)
     model = load_model(checkpoint or run_dir / "checkpoints" / "last.ckpt")
-    return evaluate_model(model, objs.data, run_dir, cfg.name)
+    return evaluate_model(model, objs.data, run_dir, cfg.name, train_seconds=_train_seconds(run_dir))
+
+
+def _train_seconds(run_dir: Path) -> float | None:
+    """The training time a run's metrics.json recorded (kept when the run is re-evaluated)."""
+    try:
+        return json.loads((run_dir / "metrics.json").read_text())["seconds"]["train"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def predict_to_file(checkpoint: str | Path, data: str | Path, out: str | Path) -> Path:

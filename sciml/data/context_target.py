@@ -171,11 +171,6 @@ class ContextTargetDataModule(L.LightningDataModule):
             raise ConfigError(f"{self.path} has {n_t} times x {n_p} points: too few for n_context={hp.n_context} "
                               f"({hp.context_times} times) and n_target={hp.n_target}.")
 
-    @property
-    def dim_x(self) -> int:
-        self.setup()
-        return self.field.coords.shape[-1]
-
     def train_dataloader(self) -> DataLoader:
         self.setup()
         hp = self.hparams

@@ -147,11 +147,10 @@ def evaluate_conservation(model, dm, out: str | Path, name: str, train_seconds: 
             case = {"test_set": set_name, "function": k, "param": {n: float(v) for n, v in zip(f.meta.param_names, f.params[k])},
                     "t_star": float(f.t[i_star])}
             shock = _shock_truth(f, k, float(f.t[i_star]))
-            x = f.coords[0, :, 1]
             for variant, v in variants.items():
                 raw = _raw_stats(v["mean"][:, s], v["var"][:, s], true[s], f.weights, b[s])
                 if shock is not None:
-                    pos = _shock_positions(_samples_at(v, s, N_SHOCK_SAMPLES, seed=k), x)
+                    pos = _shock_positions(_samples_at(v, s, N_SHOCK_SAMPLES, seed=k), f.coords[0, :, 1])
                     v["shock"] = pos
                     raw["shock_pos_err"] = np.abs(pos.mean(0) - shock)
                     raw["shock_pos"] = pos.mean(0)

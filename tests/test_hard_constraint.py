@@ -149,3 +149,69 @@ def test_structured_jacobian_equals_forward_mode_products():
     r_ref, jac_ref = jacobian(plain, w, [*bases, *offsets, a, b])
     torch.testing.assert_close(r, r_ref)
     torch.testing.assert_close(jac, jac_ref)
+
+
+def _structured_problem(pde, batch=3, points=40, n=5, rows=7, seed=0):
+    from sciml.constraints.hard import _Residual
+
+    g = torch.Generator().manual_seed(seed)
+    names = tuple(pde.fields)
+    bases = [torch.randn(batch, points, n, generator=g, dtype=F64) for _ in names]
+    offsets = [0.3 + 0.1 * torch.rand(batch, points, generator=g, dtype=F64) for _ in names]  # u > 0 for the isotherm
+    a, b = torch.randn(batch, rows, n, generator=g, dtype=F64), torch.randn(batch, rows, generator=g, dtype=F64)
+    return _Residual(pde, names, 1e-3, 2.0), [*bases, *offsets, a, b], 0.02 * torch.randn(batch, n, generator=g, dtype=F64)
+
+
+@pytest.mark.parametrize("pde_name", ["burgers", "diffusion_sorption"])
+def test_structured_normal_equations_hessian_and_pullback_equal_autograd(pde_name):
+    """The layer's residual gives its normal equations (linear rows' Gram once per solve), exact
+    Hessian and implicit-adjoint pullback in closed form; each must equal what autograd gets from
+    the plain residual."""
+    from sciml.constraints._solve import normal_equations, prepare
+    from sciml.pdes import Burgers, DiffusionSorption
+
+    pde = Burgers(nu=0.05) if pde_name == "burgers" else DiffusionSorption()
+    fn, args, w = _structured_problem(pde)
+    plain = lambda y, *t: fn(y, *t)  # noqa: E731  (no structure: autograd only)
+    for ours, ref in zip(normal_equations(fn, w, prepare(fn, args)), normal_equations(plain, w, args)):
+        torch.testing.assert_close(ours, ref, rtol=1e-11, atol=1e-11)
+
+    cost = lambda y, *t: 0.5 * plain(y, *t).pow(2).sum()  # noqa: E731
+    hess = torch.stack([torch.func.hessian(lambda y: cost(y[None], *(t[i:i + 1] for t in args)))(w[i]) for i in range(len(w))])
+    torch.testing.assert_close(fn.hessian(w, *prepare(fn, args)), hess, rtol=1e-10, atol=1e-10)
+
+    g = torch.Generator().manual_seed(1)
+    mu, g_cost = torch.randn(w.shape, generator=g, dtype=F64), torch.randn(len(w), generator=g, dtype=F64)
+    leaves = [t.clone().requires_grad_(True) for t in args]
+    y = w.clone().requires_grad_(True)
+    r = plain(y, *leaves)
+    c = 0.5 * r.pow(2).sum(-1)
+    (f,) = torch.autograd.grad(c.sum(), y, create_graph=True)
+    ref = torch.autograd.grad([f, c], leaves, [-mu, g_cost])
+    for ours, expected in zip(fn.pullback(w, mu, g_cost, *args), ref):
+        torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_dropping_converged_problems_changes_nothing():
+    """The loop drops converged problems from the working set (the layer's residual allows it):
+    values, statuses and implicit or unrolled gradients equal each problem solved alone."""
+    from sciml.constraints import ImplicitAdjoint, LevenbergMarquardt, UnrolledAdjoint
+    from sciml.pdes import DiffusionSorption
+
+    fn, args, _ = _structured_problem(DiffusionSorption(), batch=6, points=60, n=4, rows=9, seed=3)
+    scales = torch.tensor([1.0, 30.0, 1.0, 300.0, 3.0, 1.0], dtype=F64)[:, None, None]
+    args = [t * scales if i < 3 else t for i, t in enumerate(args)]  # stiffer problems need more steps
+    solver = LevenbergMarquardt(rtol=1e-12, atol=1e-14)
+    y0 = torch.zeros(6, 4, dtype=F64)
+    together = least_squares(fn, y0, args, solver=solver, max_steps=200)
+    alone = [least_squares(fn, y0[i:i + 1], [t[i:i + 1] for t in args], solver=solver, max_steps=200) for i in range(6)]
+    assert len({s.steps for s in alone}) > 1  # the problems do converge at different steps
+    torch.testing.assert_close(together.value, torch.cat([s.value for s in alone]), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(together.cost, torch.cat([s.cost for s in alone]), rtol=1e-12, atol=0)
+    grads = []
+    for adjoint in (ImplicitAdjoint("exact"), UnrolledAdjoint()):
+        leaves = [t.clone().requires_grad_(True) for t in args]
+        sol = least_squares(fn, y0, leaves, solver=solver, adjoint=adjoint, max_steps=200)
+        grads.append(torch.autograd.grad(sol.value.pow(2).sum() + sol.cost.sum(), leaves[:3] + leaves[-2:]))
+    for implicit, unrolled in zip(*grads):
+        torch.testing.assert_close(implicit, unrolled, rtol=1e-6, atol=1e-8)

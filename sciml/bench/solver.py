@@ -4,8 +4,8 @@
    optimistix's Levenberg-Marquardt with its implicit adjoint (JAX, jit-compiled, vmapped over
    batch x experts), the PI-HC reference's solver, on the same diffusion-sorption constraint:
    random smooth bases stand in for the FNO; residual = [PDE residual at sampled points;
-   (u_ic - u0) / u0; u(0, t) - 1; u(1, t) rows standing in for the outflow; 1e-4 w]; float64, rtol = atol = 1e-4; median of
-   repeats after a warm-up (compilation excluded). Forward, and forward + backward (gradient of a
+   (u_ic - u0) / u0; u(0, t) - 1; u(1, t) rows standing in for the outflow; 1e-4 w]; float64, rtol = atol = 1e-4; best of
+   repeats after a warm-up (compilation excluded; other jobs on a shared machine only add time). Forward, and forward + backward (gradient of a
    fixed linear functional of w with respect to every basis matrix).
 2. MoE scaling: one expert with P points against 4 experts with P / 4 each, P from 1e2 to 1e5:
    forward + backward time and peak resident memory (each size in a fresh process).
@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -63,28 +62,33 @@ def make_problem(batch: int, experts: int, points: int, n: int = 16, nt: int = 1
     return {"u": u, "u_t": u_t, "u_xx": u_xx, "a": a, "b": b}
 
 
-# The hard-constraint layer's own residual (with its analytic Jacobian): fields u, u_t, u_xx.
-_RESIDUAL = _Residual(PDE, PDE.fields, ridge=1e-8, scale=1.0)
+# The hard-constraint layer's own residual (structured normal equations, Gram of the linear rows
+# once per solve): fields u, u_t, u_xx with zero offsets, then the rows a w = b.
+RESIDUAL = _Residual(PDE, PDE.fields, ridge=1e-8, scale=1.0)
 
 
-def _torch_residual(w, bu, bt, bxx, a, b):
-    zero = torch.zeros(bu.shape[:2], dtype=bu.dtype)
-    return _RESIDUAL(w, bu, bt, bxx, zero, zero, zero, a, b)
+def residual_args(p: dict[str, Any], requires_grad: bool = False) -> list[torch.Tensor]:
+    """RESIDUAL's arguments for problem ``p``: bases of u, u_t, u_xx (leaves with gradients
+    when asked), their zero offsets, and the rows."""
+    bases = [torch.as_tensor(p[k]).requires_grad_(requires_grad) if requires_grad else torch.as_tensor(p[k]) for k in ("u", "u_t", "u_xx")]
+    zero = torch.zeros(bases[0].shape[:2], dtype=torch.float64)
+    return [*bases, zero, zero, zero, torch.as_tensor(p["a"]), torch.as_tensor(p["b"])]
 
 
-_torch_residual.jacobian = lambda w, bu, bt, bxx, a, b: _RESIDUAL.jacobian(w, bu, bt, bxx, *(torch.zeros(bu.shape[:2], dtype=bu.dtype),) * 3, a, b)
+def cost(p: dict[str, Any], w: np.ndarray) -> float:
+    """The constraint's cost 0.5 |r|^2 summed over the problems at coefficients ``w``."""
+    return float(0.5 * RESIDUAL(torch.as_tensor(w), *residual_args(p)).pow(2).sum())
 
 
 def time_ours(p: dict[str, np.ndarray], backward: bool, repeats: int) -> tuple[float, np.ndarray]:
     from ..constraints import ImplicitAdjoint, LevenbergMarquardt, least_squares
 
-    tensors = {k: torch.as_tensor(v) for k, v in p.items()}
     weights = torch.linspace(-1, 1, p["u"].shape[-1], dtype=torch.float64)
+    args = residual_args(p, requires_grad=backward)
 
     def once() -> np.ndarray:
-        args = [tensors[k].clone().requires_grad_(backward and k in ("u", "u_t", "u_xx")) for k in ("u", "u_t", "u_xx", "a", "b")]
-        sol = least_squares(_torch_residual, torch.zeros(len(args[0]), args[0].shape[-1], dtype=torch.float64), args,
-                            solver=LevenbergMarquardt(rtol=1e-4, atol=1e-4), adjoint=ImplicitAdjoint(), max_steps=100, throw=False)
+        sol = least_squares(RESIDUAL, torch.zeros(len(args[0]), args[0].shape[-1], dtype=torch.float64), args,
+                            solver=LevenbergMarquardt(rtol=1e-4, atol=1e-4), adjoint=ImplicitAdjoint("exact"), max_steps=100, throw=False)
         if backward:
             torch.autograd.grad((sol.value * weights).sum(), args[:3])
         return sol.value.detach().numpy()
@@ -95,7 +99,7 @@ def time_ours(p: dict[str, np.ndarray], backward: bool, repeats: int) -> tuple[f
         t0 = time.perf_counter()
         value = once()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), value
+    return min(times), value
 
 
 def time_optimistix(p: dict[str, np.ndarray], backward: bool, repeats: int) -> tuple[float, np.ndarray] | None:
@@ -134,7 +138,7 @@ def time_optimistix(p: dict[str, np.ndarray], backward: bool, repeats: int) -> t
         t0 = time.perf_counter()
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), np.asarray(value_fn(*args))
+    return min(times), np.asarray(value_fn(*args))
 
 
 def versus_optimistix(quick: bool) -> list[dict[str, Any]]:
@@ -153,13 +157,26 @@ def versus_optimistix(quick: bool) -> list[dict[str, Any]]:
             if peer is not None:
                 row[f"optimistix_{key}_ms"] = 1e3 * peer[0]
                 row[f"speedup_{key}"] = peer[0] / ours
-                cost = lambda w: float(0.5 * _torch_residual(torch.as_tensor(w), *(torch.as_tensor(p[k]) for k in ("u", "u_t", "u_xx", "a", "b"))).pow(2).sum())  # noqa: E731
-                row["cost_ours"], row["cost_optimistix"] = cost(w_ours), cost(peer[1])
+                row["cost_ours"], row["cost_optimistix"] = cost(p, w_ours), cost(p, peer[1])
         rows.append(row)
     return rows
 
 
-def _rss_mb() -> float:
+def _peak_rss_mb(reset: bool = False) -> float:
+    """This process's peak resident memory (VmHWM) in MB; ``reset`` first restarts the peak at
+    the current resident size (Linux: /proc/self/clear_refs), so the peak of what follows is
+    measured, not that of building the inputs."""
+    if reset:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _resident_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
@@ -168,9 +185,11 @@ def _moe_point(points: int, experts: int, n: int, backward: bool) -> dict[str, f
     """Time and peak memory of the solve alone: the high-water mark above the resident size
     once the problem is built (imports and inputs excluded)."""
     p = make_problem(batch=6, experts=experts, points=points // experts, n=n, nt=101, nx=1024)
-    baseline = _rss_mb()
+    residual_args(p)  # the tensors' first build, outside the measurement
+    baseline = _resident_mb()
+    _peak_rss_mb(reset=True)
     seconds, _ = time_ours(p, backward, repeats=2)
-    return {"seconds": seconds, "peak_rss_mb": max(0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - baseline)}
+    return {"seconds": seconds, "peak_rss_mb": max(0.0, _peak_rss_mb() - baseline)}
 
 
 def moe_scaling(quick: bool) -> list[dict[str, Any]]:

@@ -1,4 +1,15 @@
-"""The solver loop shared by every adjoint: batched residual, Jacobian and masked updates."""
+"""The solver loop shared by every adjoint: batched normal equations and masked updates.
+
+A residual ``fn(y [batch, n], *args) -> r [batch, m]`` may offer, besides its value:
+
+- ``fn.jacobian(y, *args) -> (r, J [batch, m, n])``, used instead of n forward-mode products;
+- ``fn.normal_equations(y, *args) -> (cost, J^T r, J^T J)``, used instead of forming J at all
+  (a structured residual sums its rows' contributions without concatenating them);
+- ``fn.prepare(*args) -> args'``, called once per solve: what ``normal_equations`` then gets
+  instead of ``args`` (e.g. with the Gram matrix of its linear rows computed once);
+- ``fn.per_problem_args = True``: every tensor argument has the problems along its first axis,
+  so the loop may drop converged problems from the arguments (they stop costing anything).
+"""
 
 from __future__ import annotations
 
@@ -29,47 +40,83 @@ def jacobian(fn: Residual, y: Tensor, args: Sequence[Tensor]) -> tuple[Tensor, T
     return r, cols.permute(1, 2, 0)
 
 
-def _cost(r: Tensor) -> Tensor:
-    return 0.5 * r.pow(2).sum(-1)
+def prepare(fn: Residual, args: Sequence[Tensor]) -> tuple:
+    """The arguments :func:`normal_equations` takes: ``fn.prepare(*args)`` where offered."""
+    return tuple(fn.prepare(*args)) if hasattr(fn, "prepare") else tuple(args)
+
+
+def normal_equations(fn: Residual, y: Tensor, prepared: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """(cost 0.5 |r|^2 [batch], J^T r [batch, n], J^T J [batch, n, n]) at y, from the
+    residual's own ``normal_equations`` where it has one, else from its Jacobian."""
+    if hasattr(fn, "normal_equations"):
+        return fn.normal_equations(y, *prepared)
+    r, jac = jacobian(fn, y, prepared)
+    jt = jac.transpose(-1, -2)
+    return 0.5 * r.pow(2).sum(-1), (jt @ r.unsqueeze(-1)).squeeze(-1), jt @ jac
+
+
+def _finite(*tensors: Tensor) -> Tensor:
+    """[batch] bool: every entry of every tensor finite for that problem."""
+    ok = torch.ones(tensors[0].shape[:1], dtype=torch.bool, device=tensors[0].device)
+    for t in tensors:
+        ok = ok & torch.isfinite(t.reshape(t.shape[0], -1)).all(-1)
+    return ok
 
 
 def solve(fn: Residual, y0: Tensor, args: Sequence[Tensor], solver: AbstractSolver, max_steps: int) -> Solution:
     """The solver loop, differentiable if its inputs are (the unrolled adjoint relies on that).
 
-    Problems stop moving once converged. A non-finite residual or Jacobian at the start, or at a
-    Gauss-Newton trial point, marks the problem ``nonfinite`` (Levenberg-Marquardt instead
-    rejects the trial and retries with more damping); every problem keeps its last finite point,
-    so the output is always finite.
+    Problems stop moving once converged; with ``fn.per_problem_args``, once half of the problems
+    still iterating have converged, they are dropped from the working set (their arguments
+    included), so a batch whose problems converge at different speeds costs what its problems
+    need, not its slowest one's steps times the batch. A non-finite residual or normal equations
+    at the start, or at a Gauss-Newton trial point, mark the problem ``nonfinite``
+    (Levenberg-Marquardt instead rejects the trial and retries with more damping); every problem
+    keeps its last finite point, so the output is always finite.
     """
+    args = prepare(fn, args)
+    batch = y0.shape[0]
+    compact = bool(getattr(fn, "per_problem_args", False)) and all(
+        not torch.is_tensor(a) or (a.ndim > 0 and a.shape[0] == batch) for a in args)
     y = y0
-    r, jac = jacobian(fn, y, args)
-    cost = _cost(r)
+    cost, grad, gram = normal_equations(fn, y, args)
     state = solver.init(y)
-    result = torch.full(y.shape[:1], int(Result.max_steps_reached), dtype=torch.int64, device=y.device)
-    finite = torch.isfinite(r).all(-1) & torch.isfinite(jac).flatten(1).all(-1)
+    result = torch.full((batch,), int(Result.max_steps_reached), dtype=torch.int64, device=y.device)
+    finite = _finite(cost, grad, gram)
     result[~finite] = int(Result.nonfinite)
-    active = finite & ~(r.abs().amax(-1) <= solver.atol)
+    active = finite & ~solver.vanished(cost)
     result[finite & ~active] = int(Result.successful)
+    value, final_cost = y, cost  # every problem's latest point; the working set's rows are written back
+    index = torch.arange(batch, device=y.device)  # the working set's problems
     steps = 0
-    while steps < max_steps and bool(active.any()):
+    while steps < max_steps:
+        n_active = int(active.sum())
+        if n_active == 0:
+            break
+        if compact and n_active <= len(index) // 2:
+            value, final_cost = value.index_copy(0, index, y), final_cost.index_copy(0, index, cost)
+            keep = active.nonzero().squeeze(-1)
+            index, y, cost, grad, gram, active = index[keep], y[keep], cost[keep], grad[keep], gram[keep], active[keep]
+            state = {k: v[keep] for k, v in state.items()}
+            args = tuple(a[keep] if torch.is_tensor(a) else a for a in args)
         steps += 1
-        step = solver.step(r, jac, state)
+        step = solver.step(grad, gram, state)
         delta = torch.where(active[:, None], step.delta, torch.zeros_like(step.delta))
         trial = y + delta
-        r_new, jac_new = jacobian(fn, trial, args)
-        cost_new = _cost(r_new)
-        finite_new = torch.isfinite(r_new).all(-1) & torch.isfinite(jac_new).flatten(1).all(-1)
+        cost_new, grad_new, gram_new = normal_equations(fn, trial, args)
+        finite_new = _finite(cost_new, grad_new, gram_new)
         keep = active & solver.accept(cost, torch.where(finite_new, cost_new, torch.full_like(cost_new, float("inf"))), step, state) & finite_new
         # A stateless solver (Gauss-Newton) would propose the same non-finite step again: give up on it.
         stuck = active & ~finite_new & (not state)
-        result = torch.where(stuck, torch.full_like(result, int(Result.nonfinite)), result)
+        result[index[stuck]] = int(Result.nonfinite)
         active = active & ~stuck
-        decrease = cost - cost_new
+        decrease = torch.where(keep, cost - cost_new, torch.zeros_like(cost))
         y = torch.where(keep[:, None], trial, y)
-        r = torch.where(keep[:, None], r_new, r)
-        jac = torch.where(keep[:, None, None], jac_new, jac)
+        grad = torch.where(keep[:, None], grad_new, grad)
+        gram = torch.where(keep[:, None, None], gram_new, gram)
         cost = torch.where(keep, cost_new, cost)
-        done = keep & solver.converged(y, delta, r, state, decrease, cost)
-        result = torch.where(done, torch.full_like(result, int(Result.successful)), result)
+        done = active & finite_new & solver.converged(y, delta, state, decrease, cost)
+        result[index[done]] = int(Result.successful)
         active = active & ~done
-    return Solution(value=y, result=result, steps=steps, cost=cost)
+    value, final_cost = value.index_copy(0, index, y), final_cost.index_copy(0, index, cost)
+    return Solution(value=value, result=result, steps=steps, cost=final_cost)

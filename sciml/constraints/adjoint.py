@@ -8,9 +8,10 @@ gradient g = dL/dy* the backward pass is
 
 with H = dF/dy: one n x n solve and one vector-Jacobian product (of F, by double backward) per
 problem, whatever the number of solver iterations. ``hessian="gauss-newton"`` takes H = J^T J
-(from n forward-mode products): exact when r is linear in y, even where r does not vanish, and
-close to exact near a zero residual. ``hessian="exact"`` builds dF/dy by n backward passes
-(second derivatives of r included).
+(the residual's normal equations): exact when r is linear in y, even where r does not vanish,
+and close to exact near a zero residual. ``hessian="exact"`` takes dF/dy with the second
+derivatives of r: the residual's own ``fn.hessian(y, *prepared)`` where it has one, else n
+backward passes.
 The cost 0.5 |r|^2 at y* is differentiable too: by the envelope theorem its gradient is the
 partial derivative in theta.
 Since the backward needs y* alone, not the iterations that led there, the forward solve may run
@@ -28,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ._solution import Solution
-from ._solve import Residual, jacobian, solve
+from ._solve import Residual, normal_equations, prepare, solve
 from .solvers import AbstractSolver, spd_solve
 
 # forward(fn, y0, args, solver, max_steps) -> Solution: a solve without autograd (inputs detached).
@@ -95,22 +96,29 @@ class _ImplicitSolve(torch.autograd.Function):
         wanted = [i for i, a in enumerate(args) if torch.is_tensor(a) and ctx.needs_input_grad[5 + i]]
         if not wanted:
             return (None,) * (5 + len(args))
-        for i in wanted:
-            args[i] = args[i].requires_grad_(True)
         g_value = torch.zeros_like(y) if g_value is None else g_value
         g_cost = torch.zeros(y.shape[:1], dtype=y.dtype, device=y.device) if g_cost is None else g_cost
-        with torch.enable_grad():
-            y_ = y.detach().requires_grad_(True)
-            r = ctx.fn(y_, *args)
-            cost = 0.5 * r.pow(2).sum(-1)
-            (grad_y,) = torch.autograd.grad(cost.sum(), y_, create_graph=True)  # F = J^T r
-            if ctx.hessian == "gauss-newton":
-                _, jac = jacobian(ctx.fn, y, [a.detach() if torch.is_tensor(a) else a for a in args])
-                mu = spd_solve(jac.transpose(-1, -2) @ jac, g_value)
-            else:
-                rows = [torch.autograd.grad(grad_y[:, k].sum(), y_, retain_graph=True)[0] for k in range(y.shape[-1])]
-                mu = _general_solve(torch.stack(rows, dim=1), g_value)
-            grads = torch.autograd.grad([grad_y, cost], [args[i] for i in wanted], [-mu, g_cost], allow_unused=True)
+        detached = prepare(ctx.fn, args)
+        mu = None
+        if ctx.hessian == "gauss-newton":
+            mu = spd_solve(normal_equations(ctx.fn, y, detached)[2], g_value)
+        elif hasattr(ctx.fn, "hessian"):  # a structured residual's own d(J^T r)/dy
+            mu = _general_solve(ctx.fn.hessian(y, *detached), g_value)
+        if mu is not None and hasattr(ctx.fn, "pullback"):  # its own d(-mu . F + g_cost cost)/dargs
+            pulled = ctx.fn.pullback(y, mu, g_cost, *args)
+            grads = [pulled[i] for i in wanted]
+        else:
+            for i in wanted:
+                args[i] = args[i].requires_grad_(True)
+            with torch.enable_grad():
+                y_ = y.detach().requires_grad_(True)
+                r = ctx.fn(y_, *args)
+                cost = 0.5 * r.pow(2).sum(-1)
+                (grad_y,) = torch.autograd.grad(cost.sum(), y_, create_graph=True)  # F = J^T r
+                if mu is None:
+                    rows = [torch.autograd.grad(grad_y[:, k].sum(), y_, retain_graph=True)[0] for k in range(y.shape[-1])]
+                    mu = _general_solve(torch.stack(rows, dim=1), g_value)
+                grads = torch.autograd.grad([grad_y, cost], [args[i] for i in wanted], [-mu, g_cost], allow_unused=True)
         out: list[Tensor | None] = [None] * len(args)
         for i, g in zip(wanted, grads):
             out[i] = torch.zeros_like(args[i]) if g is None else g

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -76,43 +77,111 @@ class Partition:
 class _Residual:
     """[problems, points + rows + n]: PDE residual, linear rows and ridge for coefficients w.
 
-    Every field is affine in w (f_k = M_k w + c_k), so the Jacobian is
-    sum_k diag(dR/df_k) M_k over the PDE rows (the pointwise derivatives by one forward-mode
-    product per field, on point-sized vectors), A for the rows and sqrt(ridge) I: O(points n)
-    instead of n forward-mode passes through the whole residual.
+    Every field is affine in w (f_k = M_k w + c_k) and the PDE residual is pointwise in the
+    fields, so its Jacobian is sum_k diag(dR/df_k) M_k, with all the pointwise derivatives
+    dR/df_k from one reverse pass on point-sized vectors. The solver only needs the normal
+    equations: J^T J = J_pde^T J_pde + A^T A + ridge I, where the linear rows' Gram matrix
+    A^T A is computed once per solve (``prepare``), so an iteration costs one pass over the
+    sampled points' bases and nothing of size points x points. The exact Hessian (for the
+    implicit gradient at a nonzero residual) adds sum_kl M_k^T diag(r d2R/df_k df_l) M_l.
     """
 
     pde: PDE
     names: tuple[str, ...]
     ridge: float
     scale: float
+    per_problem_args: ClassVar[bool] = True
 
     def _split(self, tensors):
         k = len(self.names)
         return tensors[:k], tensors[k:2 * k], tensors[2 * k:]
 
     def _fields(self, w: Tensor, bases, offsets) -> list[Tensor]:
-        return [torch.einsum("bpn,bn->bp", m, w) + c for m, c in zip(bases, offsets)]
+        return [torch.baddbmm(c.unsqueeze(-1), m, w.unsqueeze(-1)).squeeze(-1) for m, c in zip(bases, offsets)]
 
     def _pde_rows(self, fields: list[Tensor]) -> Tensor:
         return self.scale * self.pde.residual(dict(zip(self.names, fields)))
 
+    def _pointwise(self, *fields: Tensor) -> tuple[Tensor, ...]:
+        """dR/df_k at every point, for every field k: one vector-Jacobian product with ones
+        (the residual at a point depends on the fields at that point only)."""
+        r, pullback = torch.func.vjp(lambda *fs: self._pde_rows(list(fs)), *fields)
+        return (r, *pullback(torch.ones_like(r)))
+
     def __call__(self, w: Tensor, *tensors: Tensor) -> Tensor:
         bases, offsets, (a, b) = self._split(tensors)
-        rows = torch.einsum("bqn,bn->bq", a, w) - b
+        rows = (a @ w.unsqueeze(-1)).squeeze(-1) - b
         return torch.cat([self._pde_rows(self._fields(w, bases, offsets)), rows, math.sqrt(self.ridge) * w], dim=-1)
+
+    def _pde_jacobian(self, w: Tensor, bases, offsets) -> tuple[Tensor, Tensor, list[Tensor]]:
+        fields = self._fields(w, bases, offsets)
+        r, *slopes = self._pointwise(*fields)
+        jac = slopes[0].unsqueeze(-1) * bases[0]
+        for d, m in zip(slopes[1:], bases[1:]):
+            jac = torch.addcmul(jac, d.unsqueeze(-1), m)
+        return r, jac, fields
 
     def jacobian(self, w: Tensor, *tensors: Tensor) -> tuple[Tensor, Tensor]:
         bases, offsets, (a, b) = self._split(tensors)
-        fields = self._fields(w, bases, offsets)
-        r_pde, jac_pde = None, 0
-        for k, m in enumerate(bases):
-            tangents = [torch.ones_like(f) if j == k else torch.zeros_like(f) for j, f in enumerate(fields)]
-            r_pde, d_k = torch.func.jvp(lambda *fs: self._pde_rows(list(fs)), tuple(fields), tuple(tangents))
-            jac_pde = jac_pde + d_k.unsqueeze(-1) * m
+        r_pde, jac_pde, _ = self._pde_jacobian(w, bases, offsets)
         ridge = math.sqrt(self.ridge) * torch.eye(w.shape[-1], dtype=w.dtype, device=w.device).expand(w.shape[0], -1, -1)
-        r = torch.cat([r_pde, torch.einsum("bqn,bn->bq", a, w) - b, math.sqrt(self.ridge) * w], dim=-1)
+        r = torch.cat([r_pde, (a @ w.unsqueeze(-1)).squeeze(-1) - b, math.sqrt(self.ridge) * w], dim=-1)
         return r, torch.cat([jac_pde, a, ridge], dim=1)
+
+    def prepare(self, *tensors: Tensor) -> tuple[Tensor, ...]:
+        """The arguments plus the linear rows' A^T A + ridge I and A^T b, once per solve."""
+        _, _, (a, b) = self._split(tensors)
+        at = a.transpose(-1, -2)
+        gram = torch.baddbmm(torch.eye(a.shape[-1], dtype=a.dtype, device=a.device).expand(a.shape[0], -1, -1), at, a, beta=self.ridge)
+        return (*tensors, gram, (at @ b.unsqueeze(-1)).squeeze(-1))
+
+    def normal_equations(self, w: Tensor, *prepared: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        *tensors, gram, atb = prepared
+        bases, offsets, (a, b) = self._split(tensors)
+        r, jac, _ = self._pde_jacobian(w, bases, offsets)
+        rows = (a @ w.unsqueeze(-1)).squeeze(-1) - b
+        cost = 0.5 * (r.pow(2).sum(-1) + rows.pow(2).sum(-1) + self.ridge * w.pow(2).sum(-1))
+        jt = jac.transpose(-1, -2)
+        grad = (torch.baddbmm(-atb.unsqueeze(-1), gram, w.unsqueeze(-1)) + jt @ r.unsqueeze(-1)).squeeze(-1)
+        return cost, grad, torch.baddbmm(gram, jt, jac)
+
+    def pullback(self, w: Tensor, mu: Tensor, g_cost: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
+        """Gradients of -mu . F + g_cost cost with respect to every argument, F = J^T r the
+        optimality condition at w (what the implicit adjoint needs), in closed form.
+
+        Per point i, with fields f_k = M_k w + c_k, slopes d_k = dR/df_k, s = sum_k d_k (M_k mu)
+        and q_k = sum_l d2R/df_k df_l (M_l mu) (one forward-mode product of the slopes):
+        d/dM_k = alpha_k w^T - r d_k mu^T, d/dc_k = alpha_k, alpha_k = -(s d_k + r q_k) + g_cost r d_k;
+        the rows: d/dA = -(A w - b) mu^T - (A mu) w^T + g_cost (A w - b) w^T, d/db = A mu - g_cost (A w - b).
+        """
+        bases, offsets, (a, b) = self._split(tensors)
+        fields = self._fields(w, bases, offsets)
+        r, *slopes = self._pointwise(*fields)
+        along = tuple((m @ mu.unsqueeze(-1)).squeeze(-1) for m in bases)  # M_k mu
+        _, curvature = torch.func.jvp(lambda *fs: self._pointwise(*fs)[1:], tuple(fields), along)
+        s = sum(d * t for d, t in zip(slopes, along))
+        g = g_cost.unsqueeze(-1)
+        alphas = [-(s * d + r * q) + g * r * d for d, q in zip(slopes, curvature)]
+        w_, mu_ = w.unsqueeze(-2), mu.unsqueeze(-2)
+        grad_bases = [alpha.unsqueeze(-1) * w_ - (r * d).unsqueeze(-1) * mu_ for alpha, d in zip(alphas, slopes)]
+        rows = (a @ w.unsqueeze(-1)).squeeze(-1) - b
+        a_mu = (a @ mu.unsqueeze(-1)).squeeze(-1)
+        grad_a = (g * rows).unsqueeze(-1) * w_ - rows.unsqueeze(-1) * mu_ - a_mu.unsqueeze(-1) * w_
+        return (*grad_bases, *alphas, grad_a, a_mu - g * rows)
+
+    def hessian(self, w: Tensor, *prepared: Tensor) -> Tensor:
+        """d(J^T r)/dw [problems, n, n]: J^T J plus the residual-weighted second derivatives."""
+        *tensors, gram, atb = prepared
+        bases, offsets, _ = self._split(tensors)
+        r, jac, fields = self._pde_jacobian(w, bases, offsets)
+        hess = torch.baddbmm(gram, jac.transpose(-1, -2), jac)
+        slopes = lambda *fs: self._pointwise(*fs)[1:]  # noqa: E731
+        for l, m_l in enumerate(bases):
+            tangent = tuple(torch.ones_like(f) if k == l else torch.zeros_like(f) for k, f in enumerate(fields))
+            _, curvature = torch.func.jvp(slopes, tuple(fields), tangent)  # d2R/df_k df_l for every k
+            weighted = sum((r * c).unsqueeze(-1) * m_k for c, m_k in zip(curvature, bases))
+            hess = torch.baddbmm(hess, m_l.transpose(-1, -2), weighted)
+        return hess
 
 
 class HardConstraint(nn.Module):

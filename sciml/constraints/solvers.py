@@ -1,8 +1,9 @@
 """Gauss-Newton and Levenberg-Marquardt steps for a batch of independent least-squares problems.
 
 Each problem b minimises 0.5 |r_b(y_b)|^2 over y_b in R^n, r_b in R^m. A solver sees the
-current point, residual r [batch, m] and Jacobian J [batch, m, n] and proposes a step; it never
-touches autodiff (the adjoint does that). Only n x n systems are formed, never m x m.
+current point through its normal equations, the gradient g = J^T r [batch, n] and the
+Gauss-Newton matrix H = J^T J [batch, n, n], and proposes a step; it never touches autodiff (the
+adjoint does that) and never sees anything of size m: only n x n systems are formed.
 """
 
 from __future__ import annotations
@@ -50,9 +51,10 @@ class Step:
 class AbstractSolver(ABC):
     """A least-squares solver: tolerances, a step rule, and what it does with a trial point.
 
-    Convergence of problem b after an accepted step: the step is small, max|delta| <= atol +
-    rtol max|y|; or the cost stopped moving, 0 < decrease <= rtol^2 cost (y is then known to
-    about rtol); or the residual vanishes, max|r| <= atol.
+    Convergence of problem b after a step: the step proposed is small, max|delta| <= atol +
+    rtol max|y| (whether or not it was taken: the point is then within the tolerance of where
+    the step leads); or the cost stopped moving, 0 < decrease <= rtol^2 cost after an accepted
+    step (y is then known to about rtol); or the residual vanishes, |r| <= atol.
     """
 
     rtol: float
@@ -63,22 +65,21 @@ class AbstractSolver(ABC):
         return {}
 
     @abstractmethod
-    def step(self, r: Tensor, jac: Tensor, state: dict[str, Tensor]) -> Step:
-        """The step from the current point (residual ``r``, Jacobian ``jac``)."""
+    def step(self, grad: Tensor, gram: Tensor, state: dict[str, Tensor]) -> Step:
+        """The step from the current point: gradient ``grad`` = J^T r, ``gram`` = J^T J."""
 
     def accept(self, cost: Tensor, new_cost: Tensor, step: Step, state: dict[str, Tensor]) -> Tensor:
         """Which trial points to keep [batch] bool; may update ``state``."""
         return torch.isfinite(new_cost)
 
-    def converged(self, y: Tensor, delta: Tensor, r: Tensor, state: dict[str, Tensor], decrease: Tensor, cost: Tensor) -> Tensor:
+    def converged(self, y: Tensor, delta: Tensor, state: dict[str, Tensor], decrease: Tensor, cost: Tensor) -> Tensor:
         small_step = delta.abs().amax(-1) <= self.atol + self.rtol * y.abs().amax(-1)
         flat = (decrease > 0) & (decrease <= self.rtol**2 * cost)
-        return small_step | flat | (r.abs().amax(-1) <= self.atol)
+        return small_step | flat | self.vanished(cost)
 
-
-def _normal_equations(r: Tensor, jac: Tensor) -> tuple[Tensor, Tensor]:
-    """J^T J [batch, n, n] and J^T r [batch, n]."""
-    return jac.transpose(-1, -2) @ jac, (jac.transpose(-1, -2) @ r.unsqueeze(-1)).squeeze(-1)
+    def vanished(self, cost: Tensor) -> Tensor:
+        """The residual is zero to ``atol``: |r| = sqrt(2 cost) <= atol."""
+        return (2 * cost).sqrt() <= self.atol
 
 
 def _predicted_decrease(jtj: Tensor, jtr: Tensor, delta: Tensor) -> Tensor:
@@ -93,18 +94,19 @@ class GaussNewton(AbstractSolver):
     rtol: float = 1e-8
     atol: float = 1e-10
 
-    def step(self, r: Tensor, jac: Tensor, state: dict[str, Tensor]) -> Step:
-        jtj, jtr = _normal_equations(r, jac)
-        delta = spd_solve(jtj, -jtr)
-        return Step(delta, _predicted_decrease(jtj, jtr, delta))
+    def step(self, grad: Tensor, gram: Tensor, state: dict[str, Tensor]) -> Step:
+        delta = spd_solve(gram, -grad)
+        return Step(delta, _predicted_decrease(gram, grad, delta))
 
 
 @dataclass
 class LevenbergMarquardt(AbstractSolver):
     """Gauss-Newton with adaptive damping (J^T J + lambda diag(J^T J)) delta = -J^T r.
 
-    lambda shrinks by 3 after a step that does what the model predicted (ratio > 0.75), grows by
-    2 after a poor one (ratio < 0.25); a step that does not decrease the cost is rejected.
+    The damping follows Nielsen's rule: after an accepted step with gain ratio rho (actual over
+    predicted decrease) lambda is multiplied by max(1/3, 1 - (2 rho - 1)^3); after a rejected one
+    (the cost did not decrease) by nu, and nu doubles, so a run of rejections reaches a useful
+    damping in a few trials instead of one factor 2 per trial.
     """
 
     rtol: float = 1e-8
@@ -114,15 +116,16 @@ class LevenbergMarquardt(AbstractSolver):
     max_damping: float = 1e12
 
     def init(self, y: Tensor) -> dict[str, Tensor]:
-        return {"lambda": torch.full(y.shape[:1], self.damping, dtype=y.dtype, device=y.device)}
+        return {"lambda": torch.full(y.shape[:1], self.damping, dtype=y.dtype, device=y.device),
+                "nu": torch.full(y.shape[:1], 2.0, dtype=y.dtype, device=y.device)}
 
-    def step(self, r: Tensor, jac: Tensor, state: dict[str, Tensor]) -> Step:
-        jtj, jtr = _normal_equations(r, jac)
-        diag = jtj.diagonal(dim1=-2, dim2=-1)
-        floor = 1e-12 * diag.mean(-1, keepdim=True).clamp_min(torch.finfo(r.dtype).tiny)
-        damped = jtj + torch.diag_embed(state["lambda"][:, None] * diag.clamp_min(floor))
-        delta = spd_solve(damped, -jtr)
-        return Step(delta, _predicted_decrease(jtj, jtr, delta))
+    def step(self, grad: Tensor, gram: Tensor, state: dict[str, Tensor]) -> Step:
+        diag = gram.diagonal(dim1=-2, dim2=-1)
+        floor = 1e-12 * diag.mean(-1, keepdim=True).clamp_min(torch.finfo(grad.dtype).tiny)
+        damped = gram + torch.diag_embed(state["lambda"][:, None] * diag.clamp_min(floor))
+        delta = spd_solve(damped, -grad)
+        state["used"] = state["lambda"]
+        return Step(delta, _predicted_decrease(gram, grad, delta))
 
     def accept(self, cost: Tensor, new_cost: Tensor, step: Step, state: dict[str, Tensor]) -> Tensor:
         actual = cost - new_cost
@@ -133,12 +136,13 @@ class LevenbergMarquardt(AbstractSolver):
         roundoff = 64 * torch.finfo(cost.dtype).eps * cost.abs()
         in_noise = (step.predicted.abs() <= roundoff) & (actual >= -roundoff)
         good = torch.isfinite(new_cost) & (((actual >= 0) & ((ratio > 1e-4) | (actual == 0))) | in_noise)
-        lam = state["lambda"]
-        lam = torch.where(ratio > 0.75, lam / 3, lam)
-        lam = torch.where((ratio < 0.25) | ~good, lam * 2, lam)
-        state["lambda"] = lam.clamp(self.min_damping, self.max_damping)
+        lam, nu = state["lambda"], state["nu"]
+        # A step in the noise says nothing about the model's quality: the damping stays.
+        shrink = torch.where(in_noise, torch.ones_like(ratio), (1 - (2 * ratio.clamp(0, 1) - 1) ** 3).clamp_min(1 / 3))
+        state["lambda"] = torch.where(good, lam * shrink, lam * nu).clamp(self.min_damping, self.max_damping)
+        state["nu"] = torch.where(good, torch.full_like(nu, 2.0), nu * 2).clamp_max(1e6)
         return good
 
-    def converged(self, y: Tensor, delta: Tensor, r: Tensor, state: dict[str, Tensor], decrease: Tensor, cost: Tensor) -> Tensor:
+    def converged(self, y: Tensor, delta: Tensor, state: dict[str, Tensor], decrease: Tensor, cost: Tensor) -> Tensor:
         # A heavily damped step is small because of the damping, not because y has converged.
-        return super().converged(y, delta, r, state, decrease, cost) & (state["lambda"] <= 1) | (r.abs().amax(-1) <= self.atol)
+        return super().converged(y, delta, state, decrease, cost) & (state["used"] <= 1) | self.vanished(cost)

@@ -48,10 +48,11 @@ class SolverConfig:
     executor: str = "local"  # where the experts are solved: "local" (one batched call) or "ray"
     ray_address: str | None = None  # executor "ray": a running cluster; None starts a local one
     ray_workers: int = 2  # executor "ray": chunks of the batch x experts problems, one Ray task each
-    # The implicit gradient's Hessian: "gauss-newton" is exact for residuals linear in the
-    # coefficients (diffusion-sorption's are, up to R(u)); "exact" adds the second derivatives
-    # (Navier-Stokes' advection term makes the residual quadratic in them).
-    hessian: str = "gauss-newton"
+    # The implicit gradient's Hessian: "exact" (the true gradient of the solve: second derivatives
+    # of the residual included, in closed form for the layer's pointwise residuals, a few percent
+    # of a step) or "gauss-newton" (J^T J only: exact for residuals linear in the coefficients,
+    # approximate where a nonlinear residual (R(u), advection) does not vanish at the solution).
+    hessian: str = "exact"
 
     def __post_init__(self) -> None:
         if self.hessian not in ("gauss-newton", "exact"):

@@ -113,13 +113,25 @@ class _Residual:
         rows = (a @ w.unsqueeze(-1)).squeeze(-1) - b
         return torch.cat([self._pde_rows(self._fields(w, bases, offsets)), rows, math.sqrt(self.ridge) * w], dim=-1)
 
-    def _pde_jacobian(self, w: Tensor, bases, offsets) -> tuple[Tensor, Tensor, list[Tensor]]:
+    def _pde_jacobian(self, w: Tensor, bases, offsets, out: Tensor | None = None) -> tuple[Tensor, Tensor, list[Tensor]]:
         fields = self._fields(w, bases, offsets)
         r, *slopes = self._pointwise(*fields)
+        return r, self._combine(slopes, bases, out), fields
+
+    @staticmethod
+    def _combine(slopes: Sequence[Tensor], bases: Sequence[Tensor], out: Tensor | None = None) -> Tensor:
+        """J_pde = sum_k diag(d_k) M_k [problems, points, n], written into ``out`` when given and
+        autograd is off: a workspace reused by every iteration, since a fresh points x n
+        allocation per iteration (page faults) costs as much as the arithmetic."""
+        if out is not None and not torch.is_grad_enabled():
+            jac = torch.mul(slopes[0].unsqueeze(-1), bases[0], out=out)
+            for d, m in zip(slopes[1:], bases[1:]):
+                jac.addcmul_(d.unsqueeze(-1), m)
+            return jac
         jac = slopes[0].unsqueeze(-1) * bases[0]
         for d, m in zip(slopes[1:], bases[1:]):
             jac = torch.addcmul(jac, d.unsqueeze(-1), m)
-        return r, jac, fields
+        return jac
 
     def jacobian(self, w: Tensor, *tensors: Tensor) -> tuple[Tensor, Tensor]:
         bases, offsets, (a, b) = self._split(tensors)
@@ -129,58 +141,78 @@ class _Residual:
         return r, torch.cat([jac_pde, a, ridge], dim=1)
 
     def prepare(self, *tensors: Tensor) -> tuple[Tensor, ...]:
-        """The arguments plus the linear rows' A^T A + ridge I and A^T b, once per solve."""
-        _, _, (a, b) = self._split(tensors)
+        """The arguments plus the linear rows' A^T A + ridge I and A^T b, once per solve, and a
+        workspace for the Jacobian."""
+        bases, _, (a, b) = self._split(tensors)
         at = a.transpose(-1, -2)
         gram = torch.baddbmm(torch.eye(a.shape[-1], dtype=a.dtype, device=a.device).expand(a.shape[0], -1, -1), at, a, beta=self.ridge)
-        return (*tensors, gram, (at @ b.unsqueeze(-1)).squeeze(-1))
+        return (*tensors, gram, (at @ b.unsqueeze(-1)).squeeze(-1), torch.empty_like(bases[0]))
 
     def normal_equations(self, w: Tensor, *prepared: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        *tensors, gram, atb = prepared
+        *tensors, gram, atb, workspace = prepared
         bases, offsets, (a, b) = self._split(tensors)
-        r, jac, _ = self._pde_jacobian(w, bases, offsets)
+        r, jac, _ = self._pde_jacobian(w, bases, offsets, workspace)
         rows = (a @ w.unsqueeze(-1)).squeeze(-1) - b
         cost = 0.5 * (r.pow(2).sum(-1) + rows.pow(2).sum(-1) + self.ridge * w.pow(2).sum(-1))
         jt = jac.transpose(-1, -2)
         grad = (torch.baddbmm(-atb.unsqueeze(-1), gram, w.unsqueeze(-1)) + jt @ r.unsqueeze(-1)).squeeze(-1)
         return cost, grad, torch.baddbmm(gram, jt, jac)
 
+    def _second_order(self, fields: list[Tensor]) -> tuple[Tensor, list[Tensor], dict[tuple[int, int], Tensor]]:
+        """The residual r, slopes dR/df_k and the curvatures d2R/df_k df_l that are not
+        identically zero, {(k, l): [problems, points]}, at every point, by reverse passes on
+        point-sized vectors (outside any graph: for the backward only)."""
+        with torch.enable_grad():
+            fs = [f.detach().requires_grad_(True) for f in fields]
+            r = self._pde_rows(fs)
+            slopes = torch.autograd.grad(r.sum(), fs, create_graph=True, allow_unused=True)
+            curvature = {}
+            for k, d in enumerate(slopes):
+                if d is None or not d.requires_grad:
+                    continue  # R is linear in field k
+                for l, h in enumerate(torch.autograd.grad(d.sum(), fs, retain_graph=True, allow_unused=True)):
+                    if h is not None:
+                        curvature[(k, l)] = h.detach()
+        slopes = [torch.zeros_like(f) if d is None else d.detach().expand_as(f) for d, f in zip(slopes, fields)]
+        return r.detach(), slopes, curvature
+
     def pullback(self, w: Tensor, mu: Tensor, g_cost: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
         """Gradients of -mu . F + g_cost cost with respect to every argument, F = J^T r the
         optimality condition at w (what the implicit adjoint needs), in closed form.
 
         Per point i, with fields f_k = M_k w + c_k, slopes d_k = dR/df_k, s = sum_k d_k (M_k mu)
-        and q_k = sum_l d2R/df_k df_l (M_l mu) (one forward-mode product of the slopes):
+        and q_k = sum_l d2R/df_k df_l (M_l mu):
         d/dM_k = alpha_k w^T - r d_k mu^T, d/dc_k = alpha_k, alpha_k = -(s d_k + r q_k) + g_cost r d_k;
         the rows: d/dA = -(A w - b) mu^T - (A mu) w^T + g_cost (A w - b) w^T, d/db = A mu - g_cost (A w - b).
         """
         bases, offsets, (a, b) = self._split(tensors)
-        fields = self._fields(w, bases, offsets)
-        r, *slopes = self._pointwise(*fields)
-        along = tuple((m @ mu.unsqueeze(-1)).squeeze(-1) for m in bases)  # M_k mu
-        _, curvature = torch.func.jvp(lambda *fs: self._pointwise(*fs)[1:], tuple(fields), along)
+        r, slopes, curvature = self._second_order(self._fields(w, bases, offsets))
+        along = [(m @ mu.unsqueeze(-1)).squeeze(-1) for m in bases]  # M_k mu
         s = sum(d * t for d, t in zip(slopes, along))
         g = g_cost.unsqueeze(-1)
-        alphas = [-(s * d + r * q) + g * r * d for d, q in zip(slopes, curvature)]
-        w_, mu_ = w.unsqueeze(-2), mu.unsqueeze(-2)
-        grad_bases = [alpha.unsqueeze(-1) * w_ - (r * d).unsqueeze(-1) * mu_ for alpha, d in zip(alphas, slopes)]
+        alphas = []
+        for k, d in enumerate(slopes):
+            q = sum((h * along[l] for (k_, l), h in curvature.items() if k_ == k), torch.zeros_like(r))
+            alphas.append((g * r - s) * d - r * q)
+        pair = torch.stack([w, mu], dim=-2)  # [problems, 2, n]: each gradient row is a combination of w and mu
+        grad_bases = [torch.stack([alpha, -r * d], dim=-1) @ pair for alpha, d in zip(alphas, slopes)]
         rows = (a @ w.unsqueeze(-1)).squeeze(-1) - b
         a_mu = (a @ mu.unsqueeze(-1)).squeeze(-1)
-        grad_a = (g * rows).unsqueeze(-1) * w_ - rows.unsqueeze(-1) * mu_ - a_mu.unsqueeze(-1) * w_
+        grad_a = torch.stack([g * rows - a_mu, -rows], dim=-1) @ pair
         return (*grad_bases, *alphas, grad_a, a_mu - g * rows)
 
     def hessian(self, w: Tensor, *prepared: Tensor) -> Tensor:
-        """d(J^T r)/dw [problems, n, n]: J^T J plus the residual-weighted second derivatives."""
-        *tensors, gram, atb = prepared
+        """d(J^T r)/dw [problems, n, n]: J^T J plus sum_kl M_k^T diag(r d2R/df_k df_l) M_l over
+        the curvatures that are not identically zero."""
+        *tensors, gram, _, workspace = prepared
         bases, offsets, _ = self._split(tensors)
-        r, jac, fields = self._pde_jacobian(w, bases, offsets)
+        r, slopes, curvature = self._second_order(self._fields(w, bases, offsets))
+        jac = self._combine(slopes, bases, workspace)
         hess = torch.baddbmm(gram, jac.transpose(-1, -2), jac)
-        slopes = lambda *fs: self._pointwise(*fs)[1:]  # noqa: E731
         for l, m_l in enumerate(bases):
-            tangent = tuple(torch.ones_like(f) if k == l else torch.zeros_like(f) for k, f in enumerate(fields))
-            _, curvature = torch.func.jvp(slopes, tuple(fields), tangent)  # d2R/df_k df_l for every k
-            weighted = sum((r * c).unsqueeze(-1) * m_k for c, m_k in zip(curvature, bases))
-            hess = torch.baddbmm(hess, m_l.transpose(-1, -2), weighted)
+            terms = [(r * h).unsqueeze(-1) * bases[k] for (k, l_), h in curvature.items() if l_ == l]
+            if terms:
+                hess = torch.baddbmm(hess, m_l.transpose(-1, -2), sum(terms[1:], terms[0]))
         return hess
 
 

@@ -6,8 +6,9 @@ gradient g = dL/dy* the backward pass is
 
     H mu = g,    dL/dtheta = -mu^T dF/dtheta,
 
-with H = dF/dy: one n x n solve and one vector-Jacobian product (of F, by double backward) per
-problem, whatever the number of solver iterations. ``hessian="gauss-newton"`` takes H = J^T J
+with H = dF/dy: one n x n solve and one vector-Jacobian product per problem, whatever the number
+of solver iterations: the residual's own ``fn.pullback(y, mu, g_cost, *args)`` where it has one
+(closed form), else a double backward through F. ``hessian="gauss-newton"`` takes H = J^T J
 (the residual's normal equations): exact when r is linear in y, even where r does not vanish,
 and close to exact near a zero residual. ``hessian="exact"`` takes dF/dy with the second
 derivatives of r: the residual's own ``fn.hessian(y, *prepared)`` where it has one, else n

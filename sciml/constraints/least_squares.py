@@ -37,7 +37,11 @@ def least_squares(
     Args:
         fn: residual ``fn(y [batch, n], *args) -> [batch, m]``, row b depending on row b only.
             It may also offer ``fn.jacobian(y, *args) -> (r, J [batch, m, n])``, used instead of
-            n forward-mode products (it must be differentiable in ``args`` for the adjoints).
+            n forward-mode products, or its normal equations directly (``fn.normal_equations``,
+            ``fn.prepare``, ``fn.per_problem_args``; for the adjoints ``fn.hessian`` and
+            ``fn.pullback``): see :mod:`sciml.constraints._solve` and the layer's residual in
+            :mod:`sciml.constraints.hard`. What it offers must be differentiable in ``args``
+            for the unrolled adjoint.
         y0: starting point [batch, n].
         args: tensors the residual depends on; gradients flow to them through ``adjoint``.
         solver: :class:`LevenbergMarquardt` (default) or :class:`GaussNewton`.

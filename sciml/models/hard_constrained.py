@@ -207,6 +207,7 @@ class PhysicsFNO(Checkpointed, L.LightningModule):
         layer = self._layers.get((len(t), len(x)))
         if layer is not None and layer.last_solution is not None:
             self.log("train/solver_ok", layer.last_solution.successful.double().mean(), on_step=True, on_epoch=False, batch_size=len(u0))
+            self.log("train/solver_steps", float(layer.last_solution.steps), on_step=True, on_epoch=False, batch_size=len(u0))
         return terms["loss"]
 
     def configure_optimizers(self):

@@ -153,6 +153,33 @@ def test_model_config_errors():
         NeuralProcessModel(pde, sigma_g=-1.0)
     with pytest.raises(ConfigError, match="model.softc_functions \\(=-2\\)"):
         NeuralProcessModel(pde, softc_functions=-2)
+    with pytest.raises(ConfigError, match=r"model.lr_floor \(=0.01\) must be a number in \(0, model.lr = 0.001\]"):
+        NeuralProcessModel(pde, lr=1e-3, lr_floor=1e-2)
+
+
+def test_lr_floor_decays_the_rate_along_a_cosine_to_the_floor(tmp_path):
+    import lightning as L
+
+    torch.manual_seed(0)
+    batches = [{"xc": torch.rand(2, 5, 2), "yc": torch.rand(2, 5, 1), "xt": torch.rand(2, 4, 2), "yt": torch.rand(2, 4, 1),
+                "param": torch.ones(2, 1)}] * 8
+    rates = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    model = NeuralProcessModel(ConservationLaw1D("diffusion"), kind="cnp", hidden=8, lr=1e-3, lr_floor=1e-5)
+    trainer = L.Trainer(max_steps=8, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[Record()], default_root_dir=tmp_path)
+    trainer.fit(model, torch.utils.data.DataLoader(batches, batch_size=None))
+    expected = [1e-5 + (1e-3 - 1e-5) * (1 + math.cos(math.pi * k / 8)) / 2 for k in range(8)]
+    np.testing.assert_allclose(rates, expected, rtol=1e-9)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-5)
+    unset = NeuralProcessModel(ConservationLaw1D("diffusion"), kind="cnp", hidden=8, lr_floor=1e-5)
+    with pytest.raises(ConfigError, match="trainer.max_steps"):
+        L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  default_root_dir=tmp_path).fit(unset, torch.utils.data.DataLoader(batches, batch_size=None))
 
 
 @pytest.mark.parametrize("kind", ["anp", "cnp"])

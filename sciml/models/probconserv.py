@@ -37,7 +37,9 @@ class NeuralProcessModel(Checkpointed, L.LightningModule):
         dim_x: input dimension, 2 for (t, x) and 3 for (t, x, y) on 2D meshes.
         hidden, heads, self_attention, cross_attention, decoder_layers: the network (paper:
             128, 4, 2, 2, 3).
-        lr: Adam's learning rate (paper: 1e-4).
+        lr: Adam's learning rate (paper: 1e-4, constant).
+        lr_floor: with a value, the rate decays from ``lr`` to it along a cosine over
+            ``trainer.max_steps`` (more accuracy from a short training budget); None: constant.
         softc_weight: SoftC-ANP's lambda on the mean squared PDE residual (0: plain model).
         softc_functions: functions per batch the residual is evaluated on (0: all; fewer makes
             SoftC affordable on a CPU, see ``softc_penalty``).
@@ -52,12 +54,14 @@ class NeuralProcessModel(Checkpointed, L.LightningModule):
     def __init__(self, pde: PDE, kind: str = "anp", dim_x: int = 2, hidden: int = 128, heads: int = 4,
                  self_attention: int = 2, cross_attention: int = 2, decoder_layers: int = 3, lr: float = 1e-4,
                  softc_weight: float = 0.0, softc_functions: int = 0, n_latent: int = 50, sigma_g: float = 0.0,
-                 bounds: list[float | None] | None = None):
+                 bounds: list[float | None] | None = None, lr_floor: float | None = None):
         super().__init__()
         if kind not in KINDS:
             raise ConfigError(f"model.kind (={kind!r}) must be one of {sorted(KINDS)}: 'anp' (attentive neural process) or 'cnp' (cheap).")
         if not (isinstance(lr, (int, float)) and lr > 0):
             raise ConfigError(f"model.lr (={lr!r}) must be a number > 0, e.g. 1e-4.")
+        if lr_floor is not None and not (isinstance(lr_floor, (int, float)) and not isinstance(lr_floor, bool) and 0 < lr_floor <= lr):
+            raise ConfigError(f"model.lr_floor (={lr_floor!r}) must be a number in (0, model.lr = {lr}], e.g. {lr / 100:g}, or null for a constant rate.")
         if isinstance(softc_weight, bool) or not isinstance(softc_weight, (int, float)) or softc_weight < 0:
             raise ConfigError(f"model.softc_weight (={softc_weight!r}) must be a number >= 0 (1 for SoftC-ANP, 0 for none).")
         if isinstance(softc_functions, bool) or not isinstance(softc_functions, int) or softc_functions < 0:
@@ -69,6 +73,7 @@ class NeuralProcessModel(Checkpointed, L.LightningModule):
         if bounds is not None and (len(bounds) != 2 or (None not in bounds and bounds[0] >= bounds[1])):
             raise ConfigError(f"model.bounds (={bounds!r}) must be [lower, upper] with lower < upper (null for an open side), e.g. [0.0, null].")
         self.pde, self.kind, self.lr, self.softc_weight, self.n_latent = pde, kind, float(lr), float(softc_weight), int(n_latent)
+        self.lr_floor = None if lr_floor is None else float(lr_floor)
         self.sigma_g, self.softc_functions = float(sigma_g), int(softc_functions)
         self.bounds = None if bounds is None else [None if b is None else float(b) for b in bounds]
         dom = pde.domain
@@ -86,7 +91,7 @@ class NeuralProcessModel(Checkpointed, L.LightningModule):
         self.model_name = ("softc_" if softc_weight > 0 else "") + kind
         self.save_hyperparameters({
             "pde": pde.to_config(), "kind": kind, "dim_x": dim_x, "hidden": hidden, "heads": heads, "self_attention": self_attention,
-            "cross_attention": cross_attention, "decoder_layers": decoder_layers, "lr": self.lr, "softc_weight": self.softc_weight,
+            "cross_attention": cross_attention, "decoder_layers": decoder_layers, "lr": self.lr, "lr_floor": self.lr_floor, "softc_weight": self.softc_weight,
             "softc_functions": self.softc_functions,
             "n_latent": self.n_latent, "sigma_g": self.sigma_g, "bounds": self.bounds,
         })
@@ -132,7 +137,15 @@ class NeuralProcessModel(Checkpointed, L.LightningModule):
         return terms["loss"]
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
+        if self.lr_floor is None:
+            return optimizer
+        steps = self.trainer.max_steps
+        if steps is None or steps < 1:
+            raise ConfigError(f"model.lr_floor (={self.lr_floor}) decays the rate over trainer.max_steps, which is not set (={steps}); "
+                              "set trainer.max_steps or drop model.lr_floor.")
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=self.lr_floor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
 
 
 

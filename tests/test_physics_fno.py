@@ -78,3 +78,26 @@ def test_bad_settings_are_refused():
         PhysicsFNO(DiffusionSorption(), constraint="medium")
     with pytest.raises(ConfigError, match="DiffusionSorption"):
         PhysicsFNO(Convection())
+
+
+def test_solution_fields_are_each_experts_derivatives():
+    """PI-HC's fields come from the basis' derivatives and each point's own expert's coefficients:
+    with one expert they equal differencing u; with experts, inside each block too, while across a
+    block edge the stitched u's differences see the jump the experts' own fields do not."""
+    t, x = grid(nt=11, nx=16)
+    u0 = torch.full((2, len(x)), 0.1, dtype=torch.float64)
+    for splits in ((1, 1), (1, 2)):
+        torch.manual_seed(0)
+        model = PhysicsFNO(DiffusionSorption(), constraint="hard", splits=splits, solver=SOLVER, **SMALL).double().eval()
+        f = model.solution_fields(u0, t, x)
+        assert set(f) == {"u", "u_t", "u_x", "u_xx"}
+        torch.testing.assert_close(f["u"], model(u0, t, x), rtol=0, atol=0)
+        fd = {k: v[..., 0] for k, v in model._fields(f["u"][..., None], t, x).items()}
+        inside = slice(1, 7) if splits == (1, 2) else slice(1, 15)  # away from the edge between x[7] and x[8]
+        for name in ("u_t", "u_x", "u_xx"):
+            torch.testing.assert_close(f[name][:, :, inside], fd[name][:, :, inside], rtol=1e-9, atol=1e-9)
+        if splits == (1, 2):
+            edge = (f["u_xx"][:, 1:, 7:9] - fd["u_xx"][:, 1:, 7:9]).abs().max()
+            assert edge > 1e-3  # the stitched u jumps between the blocks
+    with pytest.raises(Exception, match="model.loss_fields"):
+        PhysicsFNO(DiffusionSorption(), loss_fields="mean", **SMALL)

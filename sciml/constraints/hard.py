@@ -253,10 +253,12 @@ class HardConstraint(nn.Module):
         return torch.stack([b[torch.randperm(len(b), generator=generator)[:p]] for b in self.partition.blocks])
 
     def forward(self, bases: Mapping[str, Tensor], offsets: Mapping[str, Tensor] | None = None,
-                rows: Rows | None = None, points: Tensor | None = None) -> Tensor:
+                rows: Rows | None = None, points: Tensor | None = None, return_fields: bool = False) -> Tensor | dict[str, Tensor]:
         """u [batch, *grid] from field bases {name: [batch, *grid, n]} (one per field the PDE
         needs, "u" included), optional offsets {name: [batch, *grid]}, rows and sampled points
-        [experts, p] (default: a fresh draw)."""
+        [experts, p] (default: a fresh draw). With ``return_fields``, every field of ``bases``
+        the same way, {name: [batch, *grid]}: each grid point's field from its own expert's
+        coefficients (an expert's derivatives, not those of the stitched u across a block edge)."""
         names = tuple(self.pde.fields)
         if missing := [n for n in (*names, "u") if n not in bases]:
             raise ValueError(f"`bases` lacks the fields {missing} that {type(self.pde).__name__}'s residual needs.")
@@ -277,11 +279,13 @@ class HardConstraint(nn.Module):
         sol = self.executor.solve(fn, y0, args, solver=self.solver, adjoint=self.adjoint, max_steps=self.max_steps, dtype=self.dtype)
         self.last_solution = sol
         w = sol.value.reshape(batch, k_exp, n)
-        label = self.partition.label.to(u_basis.device)
-        u = (flat["u"] * w[:, label]).sum(-1)  # each grid point with its own expert's coefficients
-        if offs["u"] is not None:
-            u = u + offs["u"]
-        return u.reshape(batch, *self.partition.grid)
+        w_point = w[:, self.partition.label.to(u_basis.device)]  # each grid point with its own expert's coefficients
+
+        def stitched(name: str) -> Tensor:
+            f = (flat[name] * w_point).sum(-1)
+            return (f if offs[name] is None else f + offs[name]).reshape(batch, *self.partition.grid)
+
+        return {name: stitched(name) for name in bases} if return_fields else stitched("u")
 
     def _rows(self, flat: Mapping[str, Tensor], rows: Rows | None, batch: int, n: int) -> tuple[Tensor, Tensor]:
         """(A [batch*K, q_max, n], b [batch*K, q_max]): each expert's rows, zero-padded."""

@@ -103,14 +103,24 @@ class PhysicsFNO(Checkpointed, L.LightningModule):
         width, layers, modes: the FNO.
         solver: the hard layer's sampled points, ridge, tolerance and steps.
         schedule: the optimiser.
+        loss_fields: what the physics loss differentiates under MoE: "stitched" (finite
+            differences of the stitched u, so a jump between experts' blocks is penalised: the
+            only coupling between experts) or "experts" (each point's derivatives from its own
+            expert's coefficients, as the solve sees them). The same with one expert. Measured
+            (README): "stitched" for time experts, "experts" helps spatial ones.
     """
 
     model_name = "pi_hc"
 
     def __init__(self, pde: PDE, constraint: str = "hard", splits: Sequence[int] = (1, 1), basis: int = 16,
                  width: int = 64, layers: int = 5, modes: Sequence[int] = (8, 8),
-                 solver: SolverConfig | dict | None = None, schedule: ScheduleConfig | dict | None = None):
+                 solver: SolverConfig | dict | None = None, schedule: ScheduleConfig | dict | None = None,
+                 loss_fields: str = "stitched"):
         super().__init__()
+        if loss_fields not in ("experts", "stitched"):
+            raise ConfigError(f"model.loss_fields (={loss_fields!r}) must be 'experts' (each point's derivatives from its own "
+                              "expert's coefficients) or 'stitched' (finite differences of the stitched u).")
+        self.loss_fields = loss_fields
         if constraint not in ("soft", "hard"):
             raise ConfigError(f"model.constraint (={constraint!r}) must be 'soft' (PI-SC) or 'hard' (PI-HC).")
         if not isinstance(pde, DiffusionSorption):
@@ -124,7 +134,7 @@ class PhysicsFNO(Checkpointed, L.LightningModule):
         self.save_hyperparameters({
             "pde": pde.to_config(), "constraint": constraint, "splits": list(self.splits), "basis": int(basis),
             "width": int(width), "layers": int(layers), "modes": [int(m) for m in modes],
-            "solver": asdict(self.solver_cfg), "schedule": asdict(self.schedule),
+            "solver": asdict(self.solver_cfg), "schedule": asdict(self.schedule), "loss_fields": loss_fields,
         })
         self.history: dict[str, list[float]] = {"loss": [], "pde": [], "ic": [], "bc": []}
         self._layers: dict[tuple[int, int], HardConstraint] = {}
@@ -156,14 +166,21 @@ class PhysicsFNO(Checkpointed, L.LightningModule):
 
     def forward(self, u0: Tensor, t: np.ndarray, x: np.ndarray) -> Tensor:
         """u [batch, n_t, n_x] from u0 [batch, n_x] on the grid (t, x)."""
+        return self.solution_fields(u0, t, x)["u"]
+
+    def solution_fields(self, u0: Tensor, t: np.ndarray, x: np.ndarray) -> dict[str, Tensor]:
+        """u and its derivatives u_t, u_x, u_xx [batch, n_t, n_x]. PI-SC: finite differences of
+        the network's u. PI-HC: the basis' derivatives (finite differences on the whole grid) times
+        the coefficients of each point's own expert, so under MoE a derivative never straddles
+        two experts' blocks (with one expert, the same as differencing u)."""
         nt, nx = len(t), len(x)
         b = self.net(self._inputs(u0, t, x)).permute(0, 2, 3, 1)  # [batch, nt, nx, N]
         if self.constraint == "soft":
-            return b[..., 0]
+            return {k: v[..., 0] for k, v in self._fields(b[..., :1], t, x).items()}
         layer = self._layer((nt, nx))
         # Fresh points every training step; fixed ones in evaluation, so predictions are repeatable.
         points = None if self.training else layer.sample_points(torch.Generator().manual_seed(0))
-        return layer(self._fields(b, t, x), rows=self._rows(u0, nt, nx, self._half_cell(x)), points=points)
+        return layer(self._fields(b, t, x), rows=self._rows(u0, nt, nx, self._half_cell(x)), points=points, return_fields=True)
 
     def _inputs(self, u0: Tensor, t: np.ndarray, x: np.ndarray) -> Tensor:
         """[batch, 3, n_t, n_x]: u0 broadcast over time, then t and x scaled to [0, 1] by the PDE's
@@ -181,9 +198,14 @@ class PhysicsFNO(Checkpointed, L.LightningModule):
         return float(x[0] - lo)
 
     # -- training ---------------------------------------------------------------------------------
-    def loss_terms(self, u: Tensor, u0: Tensor, t: np.ndarray, x: np.ndarray) -> dict[str, Tensor]:
-        f = self._fields(u[..., None], t, x)
-        f = {k: v[..., 0] for k, v in f.items()}
+    def loss_terms(self, u: Tensor | dict[str, Tensor], u0: Tensor, t: np.ndarray, x: np.ndarray) -> dict[str, Tensor]:
+        """The physics loss of u [batch, n_t, n_x] (derivatives by finite differences of u) or of
+        the fields {u, u_t, u_x, u_xx} of :meth:`solution_fields`."""
+        if isinstance(u, dict):
+            f = u
+        else:
+            f = {k: v[..., 0] for k, v in self._fields(u[..., None], t, x).items()}
+        u = f["u"]
         pde = (self.pde.t_end * self.pde.residual(f))[:, 1:, 1:-1].pow(2).mean()
         ic = (u[:, 0] - u0).pow(2).mean()
         h = self._half_cell(x)
@@ -197,7 +219,7 @@ class PhysicsFNO(Checkpointed, L.LightningModule):
         grid = self.trainer.datamodule.train_grid  # the training window: t <= data.train_t_max when set
         t, x = grid["t"], grid["x"]
         u0 = batch["u0"]
-        terms = self.loss_terms(self(u0, t, x), u0, t, x)
+        terms = self.loss_terms(self.solution_fields(u0, t, x) if self.loss_fields == "experts" else self(u0, t, x), u0, t, x)
         if not torch.isfinite(terms["loss"]):
             raise TrainingError(f"the {self.model_name} loss became {float(terms['loss'])} at step {self.global_step}; lower "
                                 f"model.schedule.lr (={self.schedule.lr}) or keep trainer.gradient_clip_val set.")

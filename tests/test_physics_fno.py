@@ -101,3 +101,17 @@ def test_solution_fields_are_each_experts_derivatives():
             assert edge > 1e-3  # the stitched u jumps between the blocks
     with pytest.raises(Exception, match="model.loss_fields"):
         PhysicsFNO(DiffusionSorption(), loss_fields="mean", **SMALL)
+
+
+def test_pde_weight_scales_the_residual_term_of_the_loss():
+    t, x = grid()
+    torch.manual_seed(0)
+    u0 = torch.rand(2, len(x), dtype=torch.float64)
+    u = torch.rand(2, len(t), len(x), dtype=torch.float64)
+    default = PhysicsFNO(DiffusionSorption(), constraint="soft", **SMALL).double()
+    raw = PhysicsFNO(DiffusionSorption(), constraint="soft", pde_weight=1.0, **SMALL).double()
+    a, b = default.loss_terms(u, u0, t, x), raw.loss_terms(u, u0, t, x)
+    torch.testing.assert_close(a["pde"], 500.0**2 * b["pde"])  # t_end = 500 by default, squared in the loss
+    torch.testing.assert_close(a["ic"], b["ic"])
+    with pytest.raises(Exception, match=r"model.pde_weight \(=0\)"):
+        PhysicsFNO(DiffusionSorption(), pde_weight=0, **SMALL)

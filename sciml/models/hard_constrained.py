@@ -108,6 +108,9 @@ class PhysicsFNO(Checkpointed, L.LightningModule):
             only coupling between experts) or "experts" (each point's derivatives from its own
             expert's coefficients, as the solve sees them). The same with one expert. Measured
             (README): "stitched" for time experts, "experts" helps spatial ones.
+        pde_weight: factor on the PDE residual in the loss (squared in it): None (default) is
+            t_end, which makes u_t = O(1) like the IC/BC terms; 1 is the reference's raw units,
+            where the residual (~1/t_end) hardly counts next to them.
     """
 
     model_name = "pi_hc"
@@ -115,8 +118,11 @@ class PhysicsFNO(Checkpointed, L.LightningModule):
     def __init__(self, pde: PDE, constraint: str = "hard", splits: Sequence[int] = (1, 1), basis: int = 16,
                  width: int = 64, layers: int = 5, modes: Sequence[int] = (8, 8),
                  solver: SolverConfig | dict | None = None, schedule: ScheduleConfig | dict | None = None,
-                 loss_fields: str = "stitched"):
+                 loss_fields: str = "stitched", pde_weight: float | None = None):
         super().__init__()
+        if pde_weight is not None and (isinstance(pde_weight, bool) or not isinstance(pde_weight, (int, float)) or not pde_weight > 0):
+            raise ConfigError(f"model.pde_weight (={pde_weight!r}) must be a number > 0 (1: the reference's raw units), or null for t_end.")
+        self.pde_weight = float(pde.t_end if pde_weight is None else pde_weight)
         if loss_fields not in ("experts", "stitched"):
             raise ConfigError(f"model.loss_fields (={loss_fields!r}) must be 'experts' (each point's derivatives from its own "
                               "expert's coefficients) or 'stitched' (finite differences of the stitched u).")
@@ -135,6 +141,7 @@ class PhysicsFNO(Checkpointed, L.LightningModule):
             "pde": pde.to_config(), "constraint": constraint, "splits": list(self.splits), "basis": int(basis),
             "width": int(width), "layers": int(layers), "modes": [int(m) for m in modes],
             "solver": asdict(self.solver_cfg), "schedule": asdict(self.schedule), "loss_fields": loss_fields,
+            "pde_weight": pde_weight,
         })
         self.history: dict[str, list[float]] = {"loss": [], "pde": [], "ic": [], "bc": []}
         self._layers: dict[tuple[int, int], HardConstraint] = {}
@@ -206,7 +213,7 @@ class PhysicsFNO(Checkpointed, L.LightningModule):
         else:
             f = {k: v[..., 0] for k, v in self._fields(u[..., None], t, x).items()}
         u = f["u"]
-        pde = (self.pde.t_end * self.pde.residual(f))[:, 1:, 1:-1].pow(2).mean()
+        pde = (self.pde_weight * self.pde.residual(f))[:, 1:, 1:-1].pow(2).mean()
         ic = (u[:, 0] - u0).pow(2).mean()
         h = self._half_cell(x)
         left = u[:, :, 0] - h * f["u_x"][:, :, 0]

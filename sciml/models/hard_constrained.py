@@ -122,7 +122,6 @@ class PhysicsFNO(Checkpointed, L.LightningModule):
         super().__init__()
         if pde_weight is not None and (isinstance(pde_weight, bool) or not isinstance(pde_weight, (int, float)) or not pde_weight > 0):
             raise ConfigError(f"model.pde_weight (={pde_weight!r}) must be a number > 0 (1: the reference's raw units), or null for t_end.")
-        self.pde_weight = float(pde.t_end if pde_weight is None else pde_weight)
         if loss_fields not in ("experts", "stitched"):
             raise ConfigError(f"model.loss_fields (={loss_fields!r}) must be 'experts' (each point's derivatives from its own "
                               "expert's coefficients) or 'stitched' (finite differences of the stitched u).")
@@ -132,6 +131,7 @@ class PhysicsFNO(Checkpointed, L.LightningModule):
         if not isinstance(pde, DiffusionSorption):
             raise ConfigError(f"PhysicsFNO handles sciml.pdes.DiffusionSorption so far, not {type(pde).__name__}.")
         self.pde, self.constraint, self.splits = pde, constraint, tuple(int(s) for s in splits)
+        self.pde_weight = float(pde.t_end if pde_weight is None else pde_weight)
         self.solver_cfg = as_config(SolverConfig, solver)
         self.schedule = as_config(ScheduleConfig, schedule)
         # Inputs: u0 and the (t, x) coordinates (see _inputs); the same weights as FNO(1, ..., with_grid=True).

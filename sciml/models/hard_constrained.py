@@ -173,21 +173,24 @@ class PhysicsFNO(Checkpointed, L.LightningModule):
 
     def forward(self, u0: Tensor, t: np.ndarray, x: np.ndarray) -> Tensor:
         """u [batch, n_t, n_x] from u0 [batch, n_x] on the grid (t, x)."""
-        return self.solution_fields(u0, t, x)["u"]
+        return self._solve(u0, t, x, fields=False)
 
     def solution_fields(self, u0: Tensor, t: np.ndarray, x: np.ndarray) -> dict[str, Tensor]:
         """u and its derivatives u_t, u_x, u_xx [batch, n_t, n_x]. PI-SC: finite differences of
         the network's u. PI-HC: the basis' derivatives (finite differences on the whole grid) times
         the coefficients of each point's own expert, so under MoE a derivative never straddles
         two experts' blocks (with one expert, the same as differencing u)."""
+        return self._solve(u0, t, x, fields=True)
+
+    def _solve(self, u0: Tensor, t: np.ndarray, x: np.ndarray, fields: bool) -> Tensor | dict[str, Tensor]:
         nt, nx = len(t), len(x)
         b = self.net(self._inputs(u0, t, x)).permute(0, 2, 3, 1)  # [batch, nt, nx, N]
         if self.constraint == "soft":
-            return {k: v[..., 0] for k, v in self._fields(b[..., :1], t, x).items()}
+            return {k: v[..., 0] for k, v in self._fields(b[..., :1], t, x).items()} if fields else b[..., 0]
         layer = self._layer((nt, nx))
         # Fresh points every training step; fixed ones in evaluation, so predictions are repeatable.
         points = None if self.training else layer.sample_points(torch.Generator().manual_seed(0))
-        return layer(self._fields(b, t, x), rows=self._rows(u0, nt, nx, self._half_cell(x)), points=points, return_fields=True)
+        return layer(self._fields(b, t, x), rows=self._rows(u0, nt, nx, self._half_cell(x)), points=points, return_fields=fields)
 
     def _inputs(self, u0: Tensor, t: np.ndarray, x: np.ndarray) -> Tensor:
         """[batch, 3, n_t, n_x]: u0 broadcast over time, then t and x scaled to [0, 1] by the PDE's

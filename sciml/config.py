@@ -189,7 +189,12 @@ def _unknown_key(key: str, candidates: Sequence[str], where: str, valid: Sequenc
 
 def _wrong_type(key: str, expected: Sequence[str], given: str, where: str) -> str:
     wanted = " or ".join(dict.fromkeys(_describe_type(t) for t in expected)) or "another value"
-    return (f"invalid value for `{key}`{where}: expected {wanted}, got {given!r}. "
+    if m := re.fullmatch(r"NestedArg\(key='[^']*', val='(.*)'\)", given):  # jsonargparse's wrapper of an override
+        given = m.group(1)
+    hint = ""
+    if given.startswith("{") and re.search(r":\S", given):
+        hint = " A YAML mapping needs a space after each colon, e.g. {nx: 256, nt: 51}."
+    return (f"invalid value for `{key}`{where}: expected {wanted}, got {given!r}.{hint} "
             f"Fix it in the experiment file or override it with {key}=VALUE.")
 
 

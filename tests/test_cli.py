@@ -157,6 +157,13 @@ def test_wrong_type_names_key_value_and_expected_type(capsys, tmp_path, override
     assert_clean_error(code, err, *needles, f"{override.split('=')[0]}=VALUE")
 
 
+def test_mapping_override_without_spaces_gets_the_yaml_hint(capsys, tmp_path):
+    hc = Path(__file__).resolve().parents[1] / "experiments" / "hc" / "diffusion_sorption_hc.yaml"
+    code, _, err = sciml(capsys, "run", hc, "data.generator_params={nx:256}", "--out", tmp_path / "run")
+    assert_clean_error(code, err, "`data.generator_params`", "expected a mapping", "got '{nx:256}'", "space after each colon")
+    assert "NestedArg" not in err
+
+
 def test_override_without_equals_sign(capsys, tmp_path):
     code, _, err = sciml(capsys, "run", QUICKSTART, "--out", tmp_path / "run", "max_steps")
     assert_clean_error(code, err, "'max_steps'", "key=value")

@@ -233,6 +233,26 @@ def test_active_set_keeps_the_law_and_the_bounds_and_matches_cvxpylayers():
     assert bounded_update(mean, var, G, b, 0.0, 1.5).eq(x).all()  # auto: the active set for m = 1
 
 
+def test_active_set_solves_a_front_with_variances_over_six_decades():
+    """A Stefan-like front: the prior's variance peaks at the front and is ~1e-6 elsewhere, so the
+    multiplier's bracket is 1e5 wide; the bisection must run to float64 resolution, not stop early
+    (the answer was once 2.9 > upper = 1 here, from a multiplier found to 16 halvings only)."""
+    x = torch.linspace(0, 1, 201, dtype=F64)
+    mean = (1 - x) * torch.sigmoid((0.22 - x) / 0.01) + 1e-4
+    var = 1e-6 + 0.1 * torch.exp(-(((x - 0.22) / 0.02) ** 2))
+    g = torch.full_like(x, 0.005)
+    g[[0, -1]] = 0.0025
+    b = g @ mean + 0.025  # the front must carry more mass
+    u = bounded_update(mean, var, g[None], b[None], 0.0, 1.0, backend="active_set")
+    assert (u >= 0).all() and (u <= 1).all()
+    assert abs(float(g @ u - b)) < 1e-13
+    free = (u > 0) & (u < 1)
+    lam = (mean - u)[free] / (var * g)[free]  # one multiplier on the free set (KKT)
+    assert free.sum() > 100 and float(lam.max() - lam.min()) < 1e-8 * float(lam.abs().max())
+    lam = lam.mean()
+    assert (mean - lam * var * g)[u == 1].min() >= 1 and (u == 1).any()  # clipped where the free value would pass the bound
+
+
 def test_active_set_and_cvxpylayers_gradients_agree():
     pytest.importorskip("cvxpylayers.torch")
     mean, var, G, b = bounded_case()

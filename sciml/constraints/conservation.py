@@ -366,10 +366,10 @@ def _active_set(mu: Tensor, var: Tensor, g: Tensor, b: Tensor, lo: Tensor, up: T
             width = 2 * width
         for step in range(BISECTION_STEPS):
             mid = low + 0.5 * (high - low)
+            if step % 16 == 15 and not bool(((mid > low) & (mid < high)).any()):
+                break  # no float64 left between the ends of any bracket
             above = gap(mid) > 0
             low, high = torch.where(above, mid, low), torch.where(above, high, mid)
-            if step % 16 == 15 and not bool(((mid > low) & (mid < high)).any()):
-                break
         lam = low + 0.5 * (high - low)
         free_value = mu - lam[:, None] * vg
         at_lower, at_upper = free_value <= lo, free_value >= up

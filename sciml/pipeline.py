@@ -201,15 +201,20 @@ def _predict_test_split(model: L.LightningModule, dm: L.LightningDataModule):
 
 
 def evaluate_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> dict[str, Any]:
-    """Re-evaluate a run folder from its config.yaml and a checkpoint (default: last.ckpt)."""
+    """Re-evaluate a run folder from its config.yaml and a checkpoint (default: last.ckpt); a
+    study's folder where the study can be (every run, then its tables)."""
     run_dir = Path(run_dir)
     config = run_dir / "config.yaml"
     if not config.is_file():
         raise ConfigError(f"{run_dir} is not a run folder (no config.yaml); give the --out folder of `sciml run` or `sciml train`.")
-    if "study" in read_yaml(config):
-        runs = sorted(str(p.parent) for p in run_dir.glob("**/config.yaml") if p.parent != run_dir)
-        raise ConfigError(f"{run_dir} is the folder of a study (several runs); evaluate one of its runs"
-                          f"{': ' + ', '.join(runs) if runs else ''}, or rerun the study with `sciml run`.")
+    raw = read_yaml(config)
+    if "study" in raw:
+        from .studies import evaluate_study
+
+        if checkpoint is not None:
+            raise ConfigError(f"{run_dir} is the folder of a study (several runs, each with its checkpoint); drop --checkpoint, "
+                              "or evaluate one of its runs with it.")
+        return evaluate_study(run_dir, raw)
     parser, cfg = load_config(config)
     set_threads(cfg.threads)
     objs = instantiate(parser, cfg)

@@ -405,9 +405,22 @@ def test_killed_generation_resumes_to_a_complete_valid_file(tmp_path):
 
 def test_evaluate_on_a_study_folder_names_its_runs(capsys, tmp_path):
     study = tmp_path / "study"
-    (study / "anp").mkdir(parents=True)
-    (study / "config.yaml").write_text("name: s\nstudy: sciml.studies.probconserv.compare\nargs: {models: {}}\n")
-    (study / "anp" / "config.yaml").write_text("name: a\n")
+    (study / "c30").mkdir(parents=True)
+    (study / "config.yaml").write_text("name: s\nstudy: sciml.studies.lpinn.sweep\nargs: {speeds: [30]}\n")
+    (study / "c30" / "config.yaml").write_text("name: a\n")
     code, _, err = sciml(capsys, "evaluate", study)
     assert code == ConfigError.exit_code
-    assert_clean_error(code, err, "is the folder of a study", str(study / "anp"))
+    assert_clean_error(code, err, "is the folder of a study", "cannot be evaluated as a whole", str(study / "c30"))
+
+
+def test_evaluate_on_a_comparison_without_a_trained_run_names_it(capsys, tmp_path):
+    study = tmp_path / "study"
+    (study / "anp").mkdir(parents=True)
+    (study / "config.yaml").write_text("name: s\nstudy: sciml.studies.probconserv.compare\n"
+                                       "args: {models: {anp: experiments/probconserv/anp_diffusion.yaml}}\n")
+    (study / "metrics.json").write_text("{}")
+    code, _, err = sciml(capsys, "evaluate", study)
+    assert_clean_error(code, err, "has no trained run of 'anp'", str(study / "anp" / "checkpoints" / "last.ckpt"), "sciml run")
+    assert (study / "metrics.json").read_text() == "{}"  # nothing lost on a refusal
+    code, _, err = sciml(capsys, "evaluate", study, "--checkpoint", study / "x.ckpt")
+    assert_clean_error(code, err, "drop --checkpoint")

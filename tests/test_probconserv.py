@@ -319,6 +319,10 @@ def test_diffusion_study_tabulates_every_variant_and_reevaluates_identically(tmp
     again = evaluate_run(tmp_path / "study" / "anp")
     assert again["metrics"] == before["metrics"]
     assert again["seconds"]["train"] == before["seconds"]["train"] > 0  # re-evaluation keeps the training time
+    (tmp_path / "study" / "results.md").unlink()
+    whole = evaluate_run(tmp_path / "study")  # the study: every run, then the table afresh
+    assert whole["metrics"] == report["metrics"] and (tmp_path / "study" / "results.md").read_text() == table
+    assert json.loads((tmp_path / "study" / "metrics.json").read_text())["metrics"] == report["metrics"]
 
 
 def test_mesh_quick_run_conserves_on_unstructured_triangles(tmp_path, monkeypatch):

@@ -10,6 +10,9 @@ A study config names a function under ``sciml.studies`` and its arguments::
 The function trains and evaluates what it needs, writes its tables and plots into ``out`` and
 returns the content of ``metrics.json``, which is written last (its presence means complete).
 Command-line overrides ``key=value`` set arguments (``args.key=value`` works too).
+
+A study whose function has a ``reevaluate(out, **args)`` attribute can be evaluated again from
+its trained runs (``sciml evaluate STUDY_DIR``), for example after a fix to the evaluation.
 """
 
 from __future__ import annotations
@@ -34,6 +37,16 @@ def is_study(raw: dict) -> bool:
     return "study" in raw
 
 
+def _study_function(target: str, where: Path):
+    module_name, _, fn_name = target.rpartition(".")
+    if not module_name.startswith("sciml.studies"):
+        raise ConfigError(f"`study` (={target!r}) in {where} must name a function under sciml.studies, e.g. sciml.studies.lpinn.sweep.")
+    try:
+        return getattr(importlib.import_module(module_name), fn_name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"`study` (={target!r}) in {where} cannot be imported ({exc}).") from exc
+
+
 def run_study(path: Path, raw: dict, out: Path | None, quick: bool, overrides: Sequence[str]) -> dict[str, Any]:
     from ..config import parse_override
     from ..pipeline import default_out, set_threads
@@ -41,13 +54,7 @@ def run_study(path: Path, raw: dict, out: Path | None, quick: bool, overrides: S
     if unknown := [k for k in raw if k not in _KEYS]:
         raise ConfigError(f"unknown key {unknown[0]!r} in the study {path}.{did_you_mean(unknown[0], _KEYS)} A study has {', '.join(_KEYS)}.")
     target = str(raw["study"])
-    module_name, _, fn_name = target.rpartition(".")
-    if not module_name.startswith("sciml.studies"):
-        raise ConfigError(f"`study` (={target!r}) must name a function under sciml.studies, e.g. sciml.studies.lpinn.sweep.")
-    try:
-        fn = getattr(importlib.import_module(module_name), fn_name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"`study` (={target!r}) cannot be imported ({exc}).") from exc
+    fn = _study_function(target, path)
     args = dict(raw.get("args") or {})
     changes = dict(raw.get("quick") or {}) if quick else {}
     for item in overrides:
@@ -80,6 +87,23 @@ def run_study(path: Path, raw: dict, out: Path | None, quick: bool, overrides: S
     atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     report = {"experiment": name, **fn(out=out, quick=quick, **args)}
     atomic_write_json(out / "metrics.json", report)
+    return report
+
+
+def evaluate_study(run_dir: Path, raw: dict) -> dict[str, Any]:
+    """Evaluate a finished study again from its runs (its ``config.yaml`` holds the resolved
+    arguments), where the study's function has a ``reevaluate``; metrics.json is replaced last."""
+    fn = _study_function(str(raw.get("study")), run_dir / "config.yaml")
+    reevaluate = getattr(fn, "reevaluate", None)
+    if reevaluate is None:
+        runs = sorted(str(p.parent) for p in run_dir.glob("**/config.yaml") if p.parent != run_dir)
+        raise ConfigError(f"{run_dir} is the folder of a study (several runs) that cannot be evaluated as a whole; evaluate one of its runs"
+                          f"{': ' + ', '.join(runs) if runs else ''}, or rerun the study with `sciml run`.")
+    from ..pipeline import set_threads
+
+    set_threads(raw.get("threads", 1))
+    report = {"experiment": str(raw.get("name", "")), **reevaluate(out=run_dir, **dict(raw.get("args") or {}))}
+    atomic_write_json(run_dir / "metrics.json", report)
     return report
 
 

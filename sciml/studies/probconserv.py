@@ -345,6 +345,20 @@ def compare(out: Path, quick: bool, models: Mapping[str, ModelSpec], overrides: 
     return combine(reports, out)
 
 
+def _reevaluate_compare(out: Path, models: Mapping[str, ModelSpec], overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Evaluate every model's run of a finished comparison again and tabulate them afresh."""
+    from ..pipeline import evaluate_run
+
+    names = list(model_specs(models))
+    if missing := [name for name in names if not (out / name / "checkpoints" / "last.ckpt").is_file()]:
+        raise ConfigError(f"the comparison in {out} has no trained run of {', '.join(repr(n) for n in missing)} "
+                          f"(no {out / missing[0] / 'checkpoints' / 'last.ckpt'}); rerun it with `sciml run`.")
+    return combine({name: evaluate_run(out / name) for name in names}, out)
+
+
+compare.reevaluate = _reevaluate_compare
+
+
 def combine(reports: Mapping[str, Mapping[str, Any]], out: Path) -> dict[str, Any]:
     """One report (and ``out/results.md``) from the reports of several models' runs, by name."""
     metrics: dict[str, float] = {}

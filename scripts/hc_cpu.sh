@@ -3,15 +3,18 @@
 # about an hour on 2 cores (the "CPU scale" numbers in the README): a 128 x 51 grid (the paper: 1024 x 101),
 # FNO width 32 x 4 layers (paper 64 x 5), 2000 points per expert (paper 20k), 1200 steps (paper 4000).
 # Paper scale needs a GPU: scripts/device/paper_scale.sh.
-# Usage: [SEED=N] bash scripts/hc_cpu.sh [MODEL ...]   (default: sc hc moe moe_time moe_space; runs/hc_cpu_<model>,
-#        runs/hc_cpu_<model>_s<N> for a seed other than 0)
+# Usage: [SEED=N] [STEPS=N] bash scripts/hc_cpu.sh [MODEL ...]   (default: sc hc moe moe_time moe_space;
+#        runs/hc_cpu_<model>, with _s<N> for a seed other than 0 and _<N>steps for other than 1200 steps;
+#        the rate halves every STEPS / 4 steps)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scale=(data.path=data/diffusion_sorption_128x51_n240.h5 data.generator_params.nx=128 data.generator_params.nt=51
        data.n_samples=240 data.test_fraction=0.1 data.batch_size=6 model.width=32 model.layers=4 "model.modes=[8,8]"
-       model.solver.points=2000 model.schedule.halve_every=300 trainer.max_steps=1200 trainer.accelerator=cpu)
+       model.solver.points=2000 trainer.accelerator=cpu)
 seed=${SEED:-0}
-suffix=$([ "$seed" = 0 ] || echo "_s$seed")
+steps=${STEPS:-1200}
+suffix=$([ "$seed" = 0 ] || echo "_s$seed")$([ "$steps" = 1200 ] || echo "_${steps}steps")
+scale+=("trainer.max_steps=$steps" "model.schedule.halve_every=$((steps / 4))")
 scale+=("seed=$seed")
 models=("$@")
 [ ${#models[@]} -gt 0 ] || models=(sc hc moe moe_time moe_space)

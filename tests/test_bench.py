@@ -43,3 +43,34 @@ def test_conservation_benchmark_agrees_with_the_dense_formula(tmp_path):
     assert all(row["ce"] < 1e-12 for row in report["space_time"])
     assert json.loads((tmp_path / "conservation.json").read_text())["n_samples"] == 500
     assert "| 1e+03 |" in (tmp_path / "conservation.md").read_text()
+
+
+@pytest.mark.parametrize("name, device, match", [
+    ("conservation", "cuda", r"runs on the CPU only \(--device cuda\); benchmarks with a GPU mode: solver"),
+    ("solver", "mps", r"--device \(='mps'\) must be cpu or cuda"),
+    ("solver", "gpu0", r"--device \(='gpu0'\) is not a torch device"),
+])
+def test_bench_device_is_checked_before_anything_runs(tmp_path, name, device, match):
+    with pytest.raises(ConfigError, match=match):
+        run_benchmark(name, quick=True, out_dir=tmp_path / "out", device=device)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_solver_bench_on_cuda_without_a_gpu_says_so(tmp_path):
+    with pytest.raises(ConfigError, match=r"torch sees 0 CUDA device\(s\) here; run on the CPU \(drop --device\)"):
+        run_benchmark("solver", quick=True, out_dir=tmp_path, device="cuda")
+
+
+def test_optimistix_runs_where_torch_runs():
+    """On the CPU the peer is pinned to JAX's CPU (a GPU-enabled JAX would otherwise take its GPU);
+    asked for the GPU where JAX has none, the peer is reported missing, not timed on the CPU."""
+    jax = pytest.importorskip("jax")
+    pytest.importorskip("optimistix")
+    from sciml.bench.solver import _jax_device
+
+    assert _jax_device("cpu").platform == "cpu"
+    p = make_problem(batch=1, experts=1, points=50, n=4, nt=6, nx=16)
+    if not any(d.platform == "gpu" for d in jax.devices()):
+        assert _jax_device("cuda") is None and time_optimistix(p, backward=False, repeats=1, device="cuda") is None
+    assert time_optimistix(p, backward=False, repeats=1, device="cpu") is not None

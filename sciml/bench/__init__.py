@@ -8,6 +8,7 @@ a markdown table and writes ``out_dir/NAME.json`` and ``out_dir/NAME.md``. Regis
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +32,28 @@ def publish(name: str, report: dict[str, Any], text: str, out_dir: str | Path) -
     return report
 
 
-def run_benchmark(name: str, quick: bool = False, out_dir: str | Path = "benchmarks/results") -> dict[str, Any]:
+def run_benchmark(name: str, quick: bool = False, out_dir: str | Path = "benchmarks/results", device: str = "cpu") -> dict[str, Any]:
+    """Run benchmark ``name``; ``device`` "cuda" (or "cuda:K") where the benchmark supports it."""
     if name not in BENCHMARKS:
         raise ConfigError(f"unknown benchmark {name!r}.{did_you_mean(name, BENCHMARKS)} Available: {', '.join(BENCHMARKS)}.")
     module = importlib.import_module(BENCHMARKS[name])
+    kwargs: dict[str, Any] = {}
+    if device != "cpu":
+        import torch
+
+        if "device" not in inspect.signature(module.run).parameters:
+            gpu = [n for n, m in BENCHMARKS.items() if "device" in inspect.signature(importlib.import_module(m).run).parameters]
+            raise ConfigError(f"`sciml bench {name}` runs on the CPU only (--device {device}); benchmarks with a GPU mode: {', '.join(gpu)}.")
+        try:
+            where = torch.device(device)
+        except RuntimeError as exc:
+            raise ConfigError(f"--device (={device!r}) is not a torch device; use cpu or cuda (cuda:K for the K-th GPU).") from exc
+        if where.type != "cuda":
+            raise ConfigError(f"--device (={device!r}) must be cpu or cuda (cuda:K for the K-th GPU).")
+        if not torch.cuda.is_available() or (where.index or 0) >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: torch sees {torch.cuda.device_count()} CUDA device(s) here; run on the CPU (drop --device) "
+                              "or on a machine with the GPU.")
+        kwargs["device"] = device
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return module.run(quick=quick, out_dir=out)
+    return module.run(quick=quick, out_dir=out, **kwargs)

@@ -8,7 +8,11 @@
    repeats after a warm-up (compilation excluded; other jobs on a shared machine only add time). Forward, and forward + backward (gradient of a
    fixed linear functional of w with respect to every basis matrix).
 2. MoE scaling: one expert with P points against 4 experts with P / 4 each, P from 1e2 to 1e5:
-   forward + backward time and peak resident memory (each size in a fresh process).
+   forward + backward time and peak memory (CPU: resident memory, each size in a fresh process;
+   CUDA: the allocator's peak above the inputs).
+
+``device="cuda"`` (``sciml bench solver --device cuda``) runs ours on the GPU (timed after a
+synchronize) and optimistix on JAX's GPU; on the CPU JAX is pinned to its CPU too.
 """
 
 from __future__ import annotations
@@ -80,18 +84,27 @@ def cost(p: dict[str, Any], w: np.ndarray) -> float:
     return float(0.5 * RESIDUAL(torch.as_tensor(w), *residual_args(p)).pow(2).sum())
 
 
-def time_ours(p: dict[str, np.ndarray], backward: bool, repeats: int) -> tuple[float, np.ndarray]:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ours(p: dict[str, np.ndarray], backward: bool, repeats: int, device: str | torch.device = "cpu") -> tuple[float, np.ndarray]:
     from ..constraints import ImplicitAdjoint, LevenbergMarquardt, least_squares
 
-    weights = torch.linspace(-1, 1, p["u"].shape[-1], dtype=torch.float64)
-    args = residual_args(p, requires_grad=backward)
+    device = torch.device(device)
+    weights = torch.linspace(-1, 1, p["u"].shape[-1], dtype=torch.float64, device=device)
+    args = [a.to(device) for a in residual_args(p)]
+    for basis in args[:3]:  # the gradient is taken with respect to the three bases
+        basis.requires_grad_(backward)
 
     def once() -> np.ndarray:
-        sol = least_squares(RESIDUAL, torch.zeros(len(args[0]), args[0].shape[-1], dtype=torch.float64), args,
+        sol = least_squares(RESIDUAL, torch.zeros(len(args[0]), args[0].shape[-1], dtype=torch.float64, device=device), args,
                             solver=LevenbergMarquardt(rtol=1e-4, atol=1e-4), adjoint=ImplicitAdjoint("exact"), max_steps=100, throw=False)
         if backward:
             torch.autograd.grad((sol.value * weights).sum(), args[:3])
-        return sol.value.detach().numpy()
+        _sync(device)
+        return sol.value.detach().cpu().numpy()
 
     once()
     times = []
@@ -102,14 +115,34 @@ def time_ours(p: dict[str, np.ndarray], backward: bool, repeats: int) -> tuple[f
     return min(times), value
 
 
-def time_optimistix(p: dict[str, np.ndarray], backward: bool, repeats: int) -> tuple[float, np.ndarray] | None:
+def _jax_device(device: str | torch.device):
+    """JAX's device of the kind torch runs on (its GPU for cuda), or None where JAX has none."""
+    import jax
+
+    try:
+        return jax.devices("gpu" if torch.device(device).type == "cuda" else "cpu")[0]
+    except RuntimeError:
+        return None
+
+
+def time_optimistix(p: dict[str, np.ndarray], backward: bool, repeats: int, device: str | torch.device = "cpu") -> tuple[float, np.ndarray] | None:
     try:
         import jax
-        import jax.numpy as jnp
-        import optimistix as optx
+        import optimistix  # noqa: F401
     except ImportError:
         return None
+    where = _jax_device(device)
+    if where is None:
+        return None
     jax.config.update("jax_enable_x64", True)
+    with jax.default_device(where):
+        return _time_optimistix(p, backward, repeats)
+
+
+def _time_optimistix(p: dict[str, np.ndarray], backward: bool, repeats: int) -> tuple[float, np.ndarray]:
+    import jax
+    import jax.numpy as jnp
+    import optimistix as optx
 
     def residual(w, args):
         bu, bt, bxx, a, b = args
@@ -141,7 +174,7 @@ def time_optimistix(p: dict[str, np.ndarray], backward: bool, repeats: int) -> t
     return min(times), np.asarray(value_fn(*args))
 
 
-def versus_optimistix(quick: bool) -> list[dict[str, Any]]:
+def versus_optimistix(quick: bool, device: str = "cpu") -> list[dict[str, Any]]:
     grid = {"nt": 26, "nx": 256} if quick else {"nt": 101, "nx": 1024}
     cases = [(1, 1000), (4, 1000), (4, 4000)] if quick else [(1, 1000), (1, 20000), (4, 1000), (4, 20000)]
     repeats = 3 if quick else 5
@@ -151,9 +184,9 @@ def versus_optimistix(quick: bool) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"experts": experts, "points_per_expert": points, "batch": 6, "grid": f"{grid['nt']}x{grid['nx']}"}
         for backward in (False, True):
             key = "fwd_bwd" if backward else "fwd"
-            ours, w_ours = time_ours(p, backward, repeats)
+            ours, w_ours = time_ours(p, backward, repeats, device)
             row[f"ours_{key}_ms"] = 1e3 * ours
-            peer = time_optimistix(p, backward, repeats)
+            peer = time_optimistix(p, backward, repeats, device)
             if peer is not None:
                 row[f"optimistix_{key}_ms"] = 1e3 * peer[0]
                 row[f"speedup_{key}"] = peer[0] / ours
@@ -182,8 +215,8 @@ def _resident_mb() -> float:
 
 
 def _moe_point(points: int, experts: int, n: int, backward: bool) -> dict[str, float]:
-    """Time and peak memory of the solve alone: the high-water mark above the resident size
-    once the problem is built (imports and inputs excluded)."""
+    """Time and peak memory of the solve alone on the CPU: the high-water mark above the
+    resident size once the problem is built (imports and inputs excluded)."""
     time_ours(make_problem(batch=1, experts=1, points=10, n=n, nt=11, nx=32), backward, repeats=1)  # code paths loaded
     p = make_problem(batch=6, experts=experts, points=points // experts, n=n, nt=101, nx=1024)
     baseline = _resident_mb()
@@ -192,40 +225,60 @@ def _moe_point(points: int, experts: int, n: int, backward: bool) -> dict[str, f
     return {"seconds": seconds, "peak_rss_mb": max(0.0, _peak_rss_mb() - baseline)}
 
 
-def moe_scaling(quick: bool) -> list[dict[str, Any]]:
+def _moe_point_cuda(points: int, experts: int, n: int, backward: bool, device: torch.device) -> dict[str, float]:
+    """The same on a GPU: time, and the allocator's peak above what is allocated before the solve
+    (the inputs are copied to the GPU before the peak is reset)."""
+    time_ours(make_problem(batch=1, experts=1, points=10, n=n, nt=11, nx=32), backward, repeats=1, device=device)
+    p = make_problem(batch=6, experts=experts, points=points // experts, n=n, nt=101, nx=1024)
+    inputs = [torch.as_tensor(v, device=device) for v in p.values()]  # noqa: F841 (the inputs' share, held)
+    torch.cuda.synchronize(device)
+    baseline = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    seconds, _ = time_ours(p, backward, repeats=2, device=device)
+    return {"seconds": seconds, "peak_rss_mb": max(0.0, torch.cuda.max_memory_allocated(device) - baseline) / 2**20}
+
+
+def moe_scaling(quick: bool, device: str = "cpu") -> list[dict[str, Any]]:
     sizes = [100, 1000, 10000] if quick else [100, 1000, 10000, 100000]
     rows = []
     for points in sizes:
         row: dict[str, Any] = {"points": points}
         for experts in (1, 4):
-            code = (f"import json, torch; torch.set_num_threads({torch.get_num_threads()}); from sciml.bench.solver import _moe_point; "
-                    f"print(json.dumps(_moe_point({points}, {experts}, 16, True)))")
-            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-            result = json.loads(out.strip().splitlines()[-1])
+            if torch.device(device).type == "cuda":
+                result = _moe_point_cuda(points, experts, 16, True, torch.device(device))
+            else:
+                code = (f"import json, torch; torch.set_num_threads({torch.get_num_threads()}); from sciml.bench.solver import _moe_point; "
+                        f"print(json.dumps(_moe_point({points}, {experts}, 16, True)))")
+                out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+                result = json.loads(out.strip().splitlines()[-1])
             row[f"k{experts}_seconds"], row[f"k{experts}_peak_rss_mb"] = result["seconds"], result["peak_rss_mb"]
         row["moe_speedup"] = row["k1_seconds"] / row["k4_seconds"]
         rows.append(row)
     return rows
 
 
-def run(quick: bool, out_dir: Path) -> dict[str, Any]:
-    report = measure(quick)
+def run(quick: bool, out_dir: Path, device: str = "cpu") -> dict[str, Any]:
+    report = measure(quick, device)
     return publish("solver", report, markdown(report), out_dir)
 
 
-def measure(quick: bool) -> dict[str, Any]:
+def measure(quick: bool, device: str = "cpu") -> dict[str, Any]:
     """The report: our solve vs optimistix, and MoE against one expert as points grow."""
     try:
         import jax
         import optimistix
-        peer = f"jax {jax.__version__}, optimistix {optimistix.__version__}"
+        where = _jax_device(device)
+        peer = f"jax {jax.__version__} on {where.platform if where else 'no ' + ('GPU' if device != 'cpu' else 'CPU')}, optimistix {optimistix.__version__}"
     except ImportError:
         peer = "optimistix not installed (install the `bench` extra)"
+    if torch.device(device).type == "cuda":
+        machine = f"{torch.cuda.get_device_name(torch.device(device))}, CUDA {torch.version.cuda}"
+    else:
+        machine = f"{platform.machine()}, torch threads {torch.get_num_threads()}"
     report = {
-        "benchmark": "solver", "quick": quick, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, torch threads {torch.get_num_threads()}",
-        "versions": {"sciml": __version__, "torch": torch.__version__, "peer": peer},
-        "versus_optimistix": versus_optimistix(quick), "moe_scaling": moe_scaling(quick),
+        "benchmark": "solver", "quick": quick, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": device,
+        "machine": machine, "versions": {"sciml": __version__, "torch": torch.__version__, "peer": peer},
+        "versus_optimistix": versus_optimistix(quick, device), "moe_scaling": moe_scaling(quick, device),
     }
     return report
 
@@ -239,7 +292,8 @@ def markdown(r: dict[str, Any]) -> str:
         ratio = f"{row['cost_ours'] / row['cost_optimistix']:.8f}" if "cost_ours" in row else "-"
         lines.append(f"| {row['experts']} | {row['points_per_expert']} | {row['grid']} | {g('ours_fwd_ms')} | {g('optimistix_fwd_ms')} | "
                      f"{g('ours_fwd_bwd_ms')} | {g('optimistix_fwd_bwd_ms')} | {g('speedup_fwd_bwd')} | {ratio} |")
-    lines += ["", "| points (total) | 1 expert: s | 1 expert: extra peak MB | 4 experts: s | 4 experts: extra peak MB | MoE speed-up |", "|---|---|---|---|---|---|"]
+    memory = "GPU peak MB" if r.get("device", "cpu") != "cpu" else "extra peak MB"
+    lines += ["", f"| points (total) | 1 expert: s | 1 expert: {memory} | 4 experts: s | 4 experts: {memory} | MoE speed-up |", "|---|---|---|---|---|---|"]
     for row in r["moe_scaling"]:
         lines.append(f"| {row['points']} | {row['k1_seconds']:.3g} | {row['k1_peak_rss_mb']:.0f} | {row['k4_seconds']:.3g} | {row['k4_peak_rss_mb']:.0f} | {row['moe_speedup']:.2f} |")
     return "\n".join(lines) + "\n"

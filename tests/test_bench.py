@@ -74,3 +74,10 @@ def test_optimistix_runs_where_torch_runs():
     if not any(d.platform == "gpu" for d in jax.devices()):
         assert _jax_device("cuda") is None and time_optimistix(p, backward=False, repeats=1, device="cuda") is None
     assert time_optimistix(p, backward=False, repeats=1, device="cpu") is not None
+
+
+def test_cpu_with_an_index_is_the_cpu(tmp_path, monkeypatch):
+    import sciml.bench.conservation as conservation
+
+    monkeypatch.setattr(conservation, "run", lambda quick, out_dir: {"ran": True})
+    assert run_benchmark("conservation", quick=True, out_dir=tmp_path, device="cpu:0") == {"ran": True}

@@ -424,3 +424,6 @@ def test_evaluate_on_a_comparison_without_a_trained_run_names_it(capsys, tmp_pat
     assert (study / "metrics.json").read_text() == "{}"  # nothing lost on a refusal
     code, _, err = sciml(capsys, "evaluate", study, "--checkpoint", study / "x.ckpt")
     assert_clean_error(code, err, "drop --checkpoint")
+    (study / "config.yaml").write_text("name: s\nstudy: sciml.studies.probconserv.compare\nargs: {models: {anp: a.yaml}, seeds: 3}\n")
+    code, _, err = sciml(capsys, "evaluate", study)
+    assert_clean_error(code, err, "its `args` do not fit sciml.studies.probconserv.compare", "seeds")

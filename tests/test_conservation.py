@@ -235,8 +235,9 @@ def test_active_set_keeps_the_law_and_the_bounds_and_matches_cvxpylayers():
 
 def test_active_set_solves_a_front_with_variances_over_six_decades():
     """A Stefan-like front: the prior's variance peaks at the front and is ~1e-6 elsewhere, so the
-    multiplier's bracket is 1e5 wide; the bisection must run to float64 resolution, not stop early
-    (the answer was once 2.9 > upper = 1 here, from a multiplier found to 16 halvings only)."""
+    multiplier's bracket is wide; the bisection must run to float64 resolution, not stop early (a
+    multiplier found to 16 halvings only clipped points here whose free value stays below the bound,
+    and on Stefan predictions gave answers above it, 2.9 > upper = 1)."""
     x = torch.linspace(0, 1, 201, dtype=F64)
     mean = (1 - x) * torch.sigmoid((0.22 - x) / 0.01) + 1e-4
     var = 1e-6 + 0.1 * torch.exp(-(((x - 0.22) / 0.02) ** 2))

@@ -36,18 +36,18 @@ def run_benchmark(name: str, quick: bool = False, out_dir: str | Path = "benchma
     """Run benchmark ``name``; ``device`` "cuda" (or "cuda:K") where the benchmark supports it."""
     if name not in BENCHMARKS:
         raise ConfigError(f"unknown benchmark {name!r}.{did_you_mean(name, BENCHMARKS)} Available: {', '.join(BENCHMARKS)}.")
+    import torch
+
     module = importlib.import_module(BENCHMARKS[name])
     kwargs: dict[str, Any] = {}
-    if device != "cpu":
-        import torch
-
+    try:
+        where = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"--device (={device!r}) is not a torch device; use cpu or cuda (cuda:K for the K-th GPU).") from exc
+    if where.type != "cpu":
         if "device" not in inspect.signature(module.run).parameters:
             gpu = [n for n, m in BENCHMARKS.items() if "device" in inspect.signature(importlib.import_module(m).run).parameters]
             raise ConfigError(f"`sciml bench {name}` runs on the CPU only (--device {device}); benchmarks with a GPU mode: {', '.join(gpu)}.")
-        try:
-            where = torch.device(device)
-        except RuntimeError as exc:
-            raise ConfigError(f"--device (={device!r}) is not a torch device; use cpu or cuda (cuda:K for the K-th GPU).") from exc
         if where.type != "cuda":
             raise ConfigError(f"--device (={device!r}) must be cpu or cuda (cuda:K for the K-th GPU).")
         if not torch.cuda.is_available() or (where.index or 0) >= torch.cuda.device_count():

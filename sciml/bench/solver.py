@@ -18,6 +18,7 @@ synchronize) and optimistix on JAX's GPU; on the CPU JAX is pinned to its CPU to
 from __future__ import annotations
 
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -119,10 +120,13 @@ def _jax_device(device: str | torch.device):
     """JAX's device of the kind torch runs on (its GPU for cuda), or None where JAX has none."""
     import jax
 
+    where = torch.device(device)
     try:
-        return jax.devices("gpu" if torch.device(device).type == "cuda" else "cpu")[0]
+        devices = jax.devices("gpu" if where.type == "cuda" else "cpu")
     except RuntimeError:
         return None
+    index = where.index or 0
+    return devices[index] if index < len(devices) else None
 
 
 def time_optimistix(p: dict[str, np.ndarray], backward: bool, repeats: int, device: str | torch.device = "cpu") -> tuple[float, np.ndarray] | None:
@@ -264,6 +268,8 @@ def run(quick: bool, out_dir: Path, device: str = "cpu") -> dict[str, Any]:
 
 def measure(quick: bool, device: str = "cpu") -> dict[str, Any]:
     """The report: our solve vs optimistix, and MoE against one expert as points grow."""
+    if torch.device(device).type == "cuda":  # JAX would otherwise reserve 75% of the GPU for itself
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     try:
         import jax
         import optimistix

@@ -101,8 +101,13 @@ def evaluate_study(run_dir: Path, raw: dict) -> dict[str, Any]:
                           f"{': ' + ', '.join(runs) if runs else ''}, or rerun the study with `sciml run`.")
     from ..pipeline import set_threads
 
+    args = dict(raw.get("args") or {})
+    try:
+        inspect.signature(reevaluate).bind(out=run_dir, **args)
+    except TypeError as exc:
+        raise ConfigError(f"{run_dir / 'config.yaml'}: its `args` do not fit {raw.get('study')} ({exc}); rerun the study with `sciml run`.") from exc
     set_threads(raw.get("threads", 1))
-    report = {"experiment": str(raw.get("name", "")), **reevaluate(out=run_dir, **dict(raw.get("args") or {}))}
+    report = {"experiment": str(raw.get("name", "")), **reevaluate(out=run_dir, **args)}
     atomic_write_json(run_dir / "metrics.json", report)
     return report
 

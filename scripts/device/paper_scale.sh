@@ -7,7 +7,8 @@
 #   here:   bash scripts/device/paper_scale.sh check            # every mode below, --quick on this CPU, into /tmp
 #   device: bash scripts/device/paper_scale.sh run pihc|bench|probconserv
 #           (writes $OUT/<mode>.log and $OUT/<mode>.tar.gz: the run folders without Lightning's
-#           checkpoints and logs, model.ckpt kept; the device sends back 8 files at most)
+#           checkpoints and logs, the ANPs' small model.ckpt kept; the device sends back 8 files of
+#           16 MiB at most, so the paper-scale FNO's checkpoint, ~60 MB with its optimiser, stays there)
 #
 # pihc: diffusion-sorption PI-HC-MoE at the paper's settings (K = 4, 20k points per expert, FNO
 #   64 x 5, batch 6, 4000 steps) on 1000 samples generated there (finite volumes, ~1 min; the
@@ -42,11 +43,13 @@ commands() {  # $1: pihc|bench|probconserv, $2: output folder, $3: "gpu" or "che
       else
         python3 -m sciml.cli bench solver --quick --out "$out/bench"
       fi ;;
-    probconserv)
+    probconserv)  # every case runs; the status says whether any failed
+      local failed=0
       for case in diffusion stefan pme; do
         "${run[@]}" "experiments/probconserv/anp_$case.yaml" --out "$out/probconserv_$case" "${dev[@]}" \
-          trainer.max_steps=20000 trainer.max_time=$anp_time
-      done ;;
+          trainer.max_steps=20000 trainer.max_time=$anp_time || failed=1
+      done
+      return $failed ;;
     *) echo "unknown run $what (pihc, bench or probconserv)" >&2; exit 2 ;;
   esac
 }
@@ -80,6 +83,7 @@ case "$mode" in
     echo "check passed: $out" ;;
   run)
     what=${2:?"say what to run: pihc, bench or probconserv"}
+    : "${OUT:?OUT is the folder that comes back (set by the device tool)}"
     python3 - <<'PY' || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site shared/wheels/*.whl
 import jsonargparse, typeshed_client, docstring_parser  # noqa: F401  (the CLI's dependencies missing there)
 PY
@@ -88,10 +92,10 @@ PY
     runs=/tmp/sciml_runs/$what
     mkdir -p "$runs"
     set +e
-    commands "$what" "$runs" gpu 2>&1 | tee "${OUT:?OUT is the folder that comes back}/$what.log"
+    commands "$what" "$runs" gpu 2>&1 | tee "$OUT/$what.log"
     status=${PIPESTATUS[0]}
-    set -e
     pack "$what" "$runs" "$OUT"  # what finished, also after a failure
+    [ "$status" = 0 ] || echo "run $what failed (status $status); see $what.log" >&2
     exit "$status" ;;
   *) echo "usage: $0 prepare | check [pihc bench probconserv] | run pihc|bench|probconserv" >&2; exit 2 ;;
 esac

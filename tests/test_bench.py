@@ -81,3 +81,20 @@ def test_cpu_with_an_index_is_the_cpu(tmp_path, monkeypatch):
 
     monkeypatch.setattr(conservation, "run", lambda quick, out_dir: {"ran": True})
     assert run_benchmark("conservation", quick=True, out_dir=tmp_path, device="cpu:0") == {"ran": True}
+
+
+def test_solver_benchmark_problem_has_a_physical_solution():
+    """The stand-in for a trained FNO's bases: the solve lands where u > 0 (the isotherm smooth),
+    within the steps training sees, and the rows its positive combination was built from hold."""
+    from sciml.bench.solver import RESIDUAL, residual_args
+    from sciml.constraints import LevenbergMarquardt, least_squares
+
+    p = make_problem(batch=2, experts=2, points=500, nt=26, nx=256, seed=3)
+    args = residual_args(p)
+    sol = least_squares(RESIDUAL, torch.zeros(4, 16, dtype=torch.float64), args, solver=LevenbergMarquardt(rtol=1e-4, atol=1e-4),
+                        max_steps=100, throw=False)
+    assert (sol.result == 0).all() and sol.steps <= 15
+    u = torch.as_tensor(p["u"]) @ sol.value.unsqueeze(-1)
+    assert 0.05 < float(u.min()) and float(u.max()) < 1.5
+    rows = torch.as_tensor(p["a"]) @ sol.value.unsqueeze(-1) - torch.as_tensor(p["b"]).unsqueeze(-1)
+    assert float(rows.abs().max()) < 0.05 * float(torch.as_tensor(p["b"]).abs().max())

@@ -11,8 +11,9 @@ of solver iterations: the residual's own ``fn.pullback(y, mu, g_cost, *args)`` w
 (closed form), else a double backward through F. ``hessian="gauss-newton"`` takes H = J^T J
 (the residual's normal equations): exact when r is linear in y, even where r does not vanish,
 and close to exact near a zero residual. ``hessian="exact"`` takes dF/dy with the second
-derivatives of r: the residual's own ``fn.hessian(y, *prepared)`` where it has one, else n
-backward passes.
+derivatives of r: the residual's own ``fn.hessian(y, *prepared)`` where it has one (or
+``fn.linearise(y, *prepared) -> (hessian, state)``, the state then passed to
+``fn.pullback(..., linearised=state)``), else n backward passes.
 The cost 0.5 |r|^2 at y* is differentiable too: by the envelope theorem its gradient is the
 partial derivative in theta.
 Since the backward needs y* alone, not the iterations that led there, the forward solve may run
@@ -100,13 +101,16 @@ class _ImplicitSolve(torch.autograd.Function):
         g_value = torch.zeros_like(y) if g_value is None else g_value
         g_cost = torch.zeros(y.shape[:1], dtype=y.dtype, device=y.device) if g_cost is None else g_cost
         detached = prepare(ctx.fn, args)
-        mu = None
+        mu, linearised = None, {}
         if ctx.hessian == "gauss-newton":
             mu = spd_solve(normal_equations(ctx.fn, y, detached)[2], g_value)
+        elif hasattr(ctx.fn, "linearise"):  # its d(J^T r)/dy, and what its pullback reuses
+            hess, state = ctx.fn.linearise(y, *detached)
+            mu, linearised = _general_solve(hess, g_value), {"linearised": state}
         elif hasattr(ctx.fn, "hessian"):  # a structured residual's own d(J^T r)/dy
             mu = _general_solve(ctx.fn.hessian(y, *detached), g_value)
         if mu is not None and hasattr(ctx.fn, "pullback"):  # its own d(-mu . F + g_cost cost)/dargs
-            pulled = ctx.fn.pullback(y, mu, g_cost, *args)
+            pulled = ctx.fn.pullback(y, mu, g_cost, *args, **linearised)
             grads = [pulled[i] for i in wanted]
         else:
             for i in wanted:

@@ -176,9 +176,11 @@ class _Residual:
         slopes = [torch.zeros_like(f) if d is None else d.detach().expand_as(f) for d, f in zip(slopes, fields)]
         return r.detach(), slopes, curvature
 
-    def pullback(self, w: Tensor, mu: Tensor, g_cost: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
+    def pullback(self, w: Tensor, mu: Tensor, g_cost: Tensor, *tensors: Tensor, linearised: tuple | None = None) -> tuple[Tensor, ...]:
         """Gradients of -mu . F + g_cost cost with respect to every argument, F = J^T r the
         optimality condition at w (what the implicit adjoint needs), in closed form.
+        ``linearised``: the second item of :meth:`linearise` at the same w (saves recomputing the
+        pointwise derivatives; its workspace becomes the first basis' gradient).
 
         Per point i, with fields f_k = M_k w + c_k, slopes d_k = dR/df_k, s = sum_k d_k (M_k mu)
         and q_k = sum_l d2R/df_k df_l (M_l mu):
@@ -186,7 +188,10 @@ class _Residual:
         the rows: d/dA = -(A w - b) mu^T - (A mu) w^T + g_cost (A w - b) w^T, d/db = A mu - g_cost (A w - b).
         """
         bases, offsets, (a, b) = self._split(tensors)
-        r, slopes, curvature = self._second_order(self._fields(w, bases, offsets))
+        if linearised is None:
+            (r, slopes, curvature), spare = self._second_order(self._fields(w, bases, offsets)), None
+        else:
+            r, slopes, curvature, spare = linearised
         along = [(m @ mu.unsqueeze(-1)).squeeze(-1) for m in bases]  # M_k mu
         s = sum(d * t for d, t in zip(slopes, along))
         g = g_cost.unsqueeze(-1)
@@ -194,26 +199,46 @@ class _Residual:
         for k, d in enumerate(slopes):
             q = sum((h * along[l] for (k_, l), h in curvature.items() if k_ == k), torch.zeros_like(r))
             alphas.append((g * r - s) * d - r * q)
-        pair = torch.stack([w, mu], dim=-2)  # [problems, 2, n]: each gradient row is a combination of w and mu
-        grad_bases = [torch.stack([alpha, -r * d], dim=-1) @ pair for alpha, d in zip(alphas, slopes)]
+        # Each gradient row is a combination of w and mu: two passes writing points x n once, into
+        # the spare workspace for the first (fresh memory costs as much as the arithmetic).
+        grad_bases = []
+        for k, (alpha, d) in enumerate(zip(alphas, slopes)):
+            out = spare if k == 0 and spare is not None and not torch.is_grad_enabled() else None
+            grad = torch.mul(alpha.unsqueeze(-1), w.unsqueeze(-2), **({"out": out} if out is not None else {}))
+            grad_bases.append(grad.addcmul_(r.unsqueeze(-1) * d.unsqueeze(-1), mu.unsqueeze(-2), value=-1))
+        pair = torch.stack([w, mu], dim=-2)  # [problems, 2, n]
         rows = (a @ w.unsqueeze(-1)).squeeze(-1) - b
         a_mu = (a @ mu.unsqueeze(-1)).squeeze(-1)
         grad_a = torch.stack([g * rows - a_mu, -rows], dim=-1) @ pair
         return (*grad_bases, *alphas, grad_a, a_mu - g * rows)
 
     def hessian(self, w: Tensor, *prepared: Tensor) -> Tensor:
-        """d(J^T r)/dw [problems, n, n]: J^T J plus sum_kl M_k^T diag(r d2R/df_k df_l) M_l over
-        the curvatures that are not identically zero."""
+        """d(J^T r)/dw [problems, n, n] (see :meth:`linearise`)."""
+        return self.linearise(w, *prepared)[0]
+
+    def linearise(self, w: Tensor, *prepared: Tensor) -> tuple[Tensor, tuple]:
+        """(d(J^T r)/dw [problems, n, n], what :meth:`pullback` reuses at the same w).
+
+        d(J^T r)/dw is J^T J plus the curvature sum_kl M_k^T diag(r h_kl) M_l,
+        h_kl = d2R/df_k df_l (those not identically zero). The curvature is symmetric, so it is
+        Y + Y^T with Y = sum_k M_k^T sum_{l >= k} diag(c_kl) M_l, c_kk = r h_kk / 2 and
+        c_kl = r (h_kl + h_lk) / 2: one points x n pass and one product per field with curvature,
+        in the Jacobian's workspace once J^T J is formed (no fresh points x n memory)."""
         *tensors, gram, _, workspace = prepared
         bases, offsets, _ = self._split(tensors)
         r, slopes, curvature = self._second_order(self._fields(w, bases, offsets))
         jac = self._combine(slopes, bases, workspace)
         hess = torch.baddbmm(gram, jac.transpose(-1, -2), jac)
-        for l, m_l in enumerate(bases):
-            terms = [(r * h).unsqueeze(-1) * bases[k] for (k, l_), h in curvature.items() if l_ == l]
-            if terms:
-                hess = torch.baddbmm(hess, m_l.transpose(-1, -2), sum(terms[1:], terms[0]))
-        return hess
+        zero = torch.zeros_like(r)
+        for k, m_k in enumerate(bases):
+            coefficients = {l: 0.5 * r * (curvature.get((k, l), zero) + (curvature.get((l, k), zero) if l != k else 0))
+                            for l in range(k, len(bases)) if (k, l) in curvature or (l, k) in curvature}
+            if not coefficients:
+                continue
+            combined = self._combine(list(coefficients.values()), [bases[l] for l in coefficients], workspace)
+            half = m_k.transpose(-1, -2) @ combined
+            hess = hess + half + half.transpose(-1, -2)
+        return hess, (r, slopes, curvature, workspace)
 
 
 class HardConstraint(nn.Module):

@@ -203,9 +203,11 @@ class _Residual:
         # the spare workspace for the first (fresh memory costs as much as the arithmetic).
         grad_bases = []
         for k, (alpha, d) in enumerate(zip(alphas, slopes)):
-            out = spare if k == 0 and spare is not None and not torch.is_grad_enabled() else None
-            grad = torch.mul(alpha.unsqueeze(-1), w.unsqueeze(-2), **({"out": out} if out is not None else {}))
-            grad_bases.append(grad.addcmul_(r.unsqueeze(-1) * d.unsqueeze(-1), mu.unsqueeze(-2), value=-1))
+            if k == 0 and spare is not None and not torch.is_grad_enabled():
+                grad = torch.mul(alpha.unsqueeze(-1), w.unsqueeze(-2), out=spare)
+            else:
+                grad = alpha.unsqueeze(-1) * w.unsqueeze(-2)
+            grad_bases.append(grad.addcmul_((r * d).unsqueeze(-1), mu.unsqueeze(-2), value=-1))
         pair = torch.stack([w, mu], dim=-2)  # [problems, 2, n]
         rows = (a @ w.unsqueeze(-1)).squeeze(-1) - b
         a_mu = (a @ mu.unsqueeze(-1)).squeeze(-1)

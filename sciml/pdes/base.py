@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from ..errors import ConfigError
@@ -55,6 +56,16 @@ class PDE(ABC):
     @abstractmethod
     def residual(self, f: Mapping[str, Tensor]) -> Tensor:
         """The PDE residual at the points where the fields ``f`` were evaluated."""
+
+    def residual_slopes(self, f: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """The residual and its derivative with respect to each field of ``fields`` at every
+        point, {name: dR/df_name} (each broadcastable to the residual), as the hard-constraint
+        layer's Jacobian needs them. The residual at a point depends on the fields at that point
+        only, so one vector-Jacobian product with ones gives every slope; a PDE may override this
+        with a closed form that agrees with it (and stays differentiable)."""
+        names = tuple(self.fields)
+        r, pullback = torch.func.vjp(lambda *fs: self.residual(dict(zip(names, fs))), *(f[n] for n in names))
+        return r, dict(zip(names, pullback(torch.ones_like(r))))
 
     @abstractmethod
     def initial_condition(self, x: np.ndarray) -> np.ndarray:

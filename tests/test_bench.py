@@ -20,11 +20,25 @@ def test_solver_benchmark_problem_and_peer_agree():
     assert cost(p, w_ours) == pytest.approx(cost(p, w_peer), rel=1e-6)  # both reach the same minimum
 
 
+def test_theseus_peer_reaches_our_minimum():
+    """theseus-ai (optional: it builds from source, see sciml/bench/theseus_peer.py) solves the same
+    problems, backward included, to the same minimum at its tolerance."""
+    pytest.importorskip("theseus")
+    from sciml.bench.theseus_peer import time_theseus
+
+    p = make_problem(batch=2, experts=2, points=300, nt=11, nx=64)
+    _, w_ours = time_ours(p, backward=False, repeats=1)
+    _, w_peer, steps = time_theseus(p, backward=True, repeats=1)
+    assert 1 <= steps < 100
+    assert cost(p, w_peer) == pytest.approx(cost(p, w_ours), rel=1e-6)
+    assert np.abs(w_peer - w_ours).max() <= 1e-3 * np.abs(w_ours).max()
+
+
 def test_solver_markdown_handles_a_missing_peer():
     text = markdown({"quick": True, "date": "d", "machine": "m", "versions": {"peer": "none"},
                      "versus_optimistix": [{"experts": 1, "points_per_expert": 10, "grid": "g", "ours_fwd_ms": 1.0}],
                      "moe_scaling": [{"points": 100, "k1_seconds": 1.0, "k1_peak_rss_mb": 10, "k4_seconds": 0.5, "k4_peak_rss_mb": 9, "moe_speedup": 2.0}]})
-    assert "| 1 | 10 | g | 1 | - |" in text and "| 100 | 1 | 10 | 0.5 | 9 | 2.00 |" in text
+    assert "| 1 | 10 | g | 1 | - | - | - | - | - | - | - | - | - |" in text and "| 100 | 1 | 10 | 0.5 | 9 | 2.00 |" in text
 
 
 def test_unknown_benchmark_is_refused_with_a_suggestion(tmp_path):

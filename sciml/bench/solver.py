@@ -2,7 +2,8 @@
 
 1. Ours (``sciml.constraints.least_squares``, Levenberg-Marquardt, implicit adjoint) against
    optimistix's Levenberg-Marquardt with its implicit adjoint (JAX, jit-compiled, vmapped over
-   batch x experts), the PI-HC reference's solver, on the same diffusion-sorption constraint:
+   batch x experts), the PI-HC reference's solver, and theseus-ai's where it is installed
+   (:mod:`.theseus_peer`), on the same diffusion-sorption constraint:
    random smooth positive bases stand in for a trained FNO's; residual = [PDE residual at sampled points;
    (u_ic - u0) / u0; u(0, t) and u(1, t) rows; 1e-4 w], with u0 and the boundary values those of a
    positive combination of the bases, so that the solution stays in the physical range (u in
@@ -181,6 +182,16 @@ def _time_optimistix(p: dict[str, np.ndarray], backward: bool, repeats: int) -> 
     return min(times), np.asarray(value_fn(*args))
 
 
+def time_theseus(p: dict[str, np.ndarray], backward: bool, repeats: int, device: str | torch.device = "cpu") -> tuple[float, np.ndarray, int] | None:
+    """theseus-ai's Levenberg-Marquardt on the same problems (:mod:`.theseus_peer`), or None
+    where theseus is not installed."""
+    try:
+        from .theseus_peer import time_theseus as timed
+    except ImportError:
+        return None
+    return timed(p, backward, repeats, device)
+
+
 def versus_optimistix(quick: bool, device: str = "cpu") -> list[dict[str, Any]]:
     grid = {"nt": 26, "nx": 256} if quick else {"nt": 101, "nx": 1024}
     cases = [(1, 1000), (4, 1000), (4, 4000)] if quick else [(1, 1000), (1, 20000), (4, 1000), (4, 20000)]
@@ -198,6 +209,11 @@ def versus_optimistix(quick: bool, device: str = "cpu") -> list[dict[str, Any]]:
                 row[f"optimistix_{key}_ms"] = 1e3 * peer[0]
                 row[f"speedup_{key}"] = peer[0] / ours
                 row["cost_ours"], row["cost_optimistix"] = cost(p, w_ours), cost(p, peer[1])
+            second = time_theseus(p, backward, repeats, device)
+            if second is not None:
+                row[f"theseus_{key}_ms"] = 1e3 * second[0]
+                row[f"speedup_theseus_{key}"] = second[0] / ours
+                row["cost_ours"], row["cost_theseus"], row["theseus_steps"] = cost(p, w_ours), cost(p, second[1]), second[2]
         rows.append(row)
     return rows
 
@@ -280,6 +296,11 @@ def measure(quick: bool, device: str = "cpu") -> dict[str, Any]:
         peer = f"jax {jax.__version__} on {where.platform if where else 'no ' + ('GPU' if device != 'cpu' else 'CPU')}, optimistix {optimistix.__version__}"
     except ImportError:
         peer = "optimistix not installed (install the `bench` extra)"
+    try:
+        import theseus
+        peer += f", theseus-ai {theseus.__version__}"
+    except ImportError:
+        peer += ", theseus-ai not installed (see sciml/bench/theseus_peer.py)"
     if torch.device(device).type == "cuda":
         machine = f"{torch.cuda.get_device_name(torch.device(device))}, CUDA {torch.version.cuda}"
     else:
@@ -294,13 +315,15 @@ def measure(quick: bool, device: str = "cpu") -> dict[str, Any]:
 
 def markdown(r: dict[str, Any]) -> str:
     lines = [f"PI-HC constraint solve ({'quick' if r['quick'] else 'full'}), {r['date']}, {r['machine']}, {r['versions']['peer']}", "",
-             "| experts | points/expert | grid | ours fwd (ms) | optimistix fwd (ms) | ours fwd+bwd (ms) | optimistix fwd+bwd (ms) | speed-up fwd+bwd | cost ours / optimistix |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| experts | points/expert | grid | ours fwd (ms) | optimistix fwd (ms) | theseus fwd (ms) | ours fwd+bwd (ms) | "
+             "optimistix fwd+bwd (ms) | theseus fwd+bwd (ms) | speed-up fwd+bwd vs optimistix | vs theseus | cost ours / optimistix | cost ours / theseus |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in r["versus_optimistix"]:
         g = lambda k: f"{row[k]:.3g}" if k in row else "-"  # noqa: E731
-        ratio = f"{row['cost_ours'] / row['cost_optimistix']:.8f}" if "cost_ours" in row else "-"
+        ratio = lambda peer: f"{row['cost_ours'] / row[peer]:.8f}" if peer in row else "-"  # noqa: E731
         lines.append(f"| {row['experts']} | {row['points_per_expert']} | {row['grid']} | {g('ours_fwd_ms')} | {g('optimistix_fwd_ms')} | "
-                     f"{g('ours_fwd_bwd_ms')} | {g('optimistix_fwd_bwd_ms')} | {g('speedup_fwd_bwd')} | {ratio} |")
+                     f"{g('theseus_fwd_ms')} | {g('ours_fwd_bwd_ms')} | {g('optimistix_fwd_bwd_ms')} | {g('theseus_fwd_bwd_ms')} | "
+                     f"{g('speedup_fwd_bwd')} | {g('speedup_theseus_fwd_bwd')} | {ratio('cost_optimistix')} | {ratio('cost_theseus')} |")
     memory = "GPU peak MB" if r.get("device", "cpu") != "cpu" else "extra peak MB"
     lines += ["", f"| points (total) | 1 expert: s | 1 expert: {memory} | 4 experts: s | 4 experts: {memory} | MoE speed-up |", "|---|---|---|---|---|---|"]
     for row in r["moe_scaling"]:

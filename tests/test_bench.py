@@ -28,8 +28,8 @@ def test_theseus_peer_reaches_our_minimum():
 
     p = make_problem(batch=2, experts=2, points=300, nt=11, nx=64)
     _, w_ours = time_ours(p, backward=False, repeats=1)
-    _, w_peer, steps = time_theseus(p, backward=True, repeats=1)
-    assert 1 <= steps < 100
+    _, w_peer, steps = time_theseus(p, backward=True, repeats=1, max_steps=60)
+    assert 1 <= steps < 60  # every problem converged
     assert cost(p, w_peer) == pytest.approx(cost(p, w_ours), rel=1e-6)
     assert np.abs(w_peer - w_ours).max() <= 1e-3 * np.abs(w_ours).max()
 

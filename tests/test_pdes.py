@@ -98,18 +98,18 @@ def test_residual_vanishes_on_an_exact_solution_and_not_for_other_parameters(cas
 def test_diffusion_sorption_closed_form_slopes_equal_autograds_and_stay_differentiable():
     """The closed-form slopes (the hard-constraint layer's hot path) against the generic
     vector-Jacobian product, across the clipped region u < 0, the guard near u = 0 and u > 0."""
-    pde = DiffusionSorption()
     gen = torch.Generator().manual_seed(0)
-    u = torch.cat([-torch.rand(50, generator=gen, dtype=F64), torch.logspace(-8, 0, 50, dtype=F64)])
+    u = torch.cat([-torch.rand(48, generator=gen, dtype=F64), torch.tensor([-0.0, 0.0], dtype=F64), torch.logspace(-8, 0, 50, dtype=F64)])
     f = {"u": u.requires_grad_(True), "u_t": torch.randn(100, generator=gen, dtype=F64).requires_grad_(True),
          "u_xx": torch.randn(100, generator=gen, dtype=F64).requires_grad_(True)}
-    r, slopes = pde.residual_slopes(f)
-    r_ref, ref = PDE.residual_slopes(pde, {k: v.detach() for k, v in f.items()})
-    torch.testing.assert_close(r, r_ref, rtol=1e-13, atol=0)
-    assert set(slopes) == {"u", "u_t", "u_xx"}
-    for name in slopes:
-        torch.testing.assert_close(slopes[name].expand_as(r), ref[name], rtol=1e-12, atol=1e-300)
-    assert (slopes["u"][:50] == 0).all() and (slopes["u"][50:] != 0).all()  # the isotherm is frozen where u < 0
+    for pde in (DiffusionSorption(D=0.0), DiffusionSorption()):  # D = 0 is allowed: no division by it
+        r, slopes = pde.residual_slopes(f)
+        r_ref, ref = PDE.residual_slopes(pde, {k: v.detach() for k, v in f.items()})
+        torch.testing.assert_close(r, r_ref, rtol=1e-13, atol=0)
+        assert set(slopes) == {"u", "u_t", "u_xx"}
+        for name in slopes:
+            torch.testing.assert_close(slopes[name].expand_as(r), ref[name], rtol=1e-12, atol=1e-300)
+    assert (slopes["u"][:50] == 0).all() and (slopes["u"][50:] != 0).all()  # the isotherm is frozen where u <= 0
     # Differentiable: the slope of u_xx's slope in u is the slope of u's slope in u_xx (a symmetric Hessian).
     (d_uxx_du,) = torch.autograd.grad(slopes["u_xx"].sum(), f["u"], retain_graph=True)
     (d_u_duxx,) = torch.autograd.grad(slopes["u"].sum(), f["u_xx"])

@@ -187,7 +187,7 @@ def time_theseus(p: dict[str, np.ndarray], backward: bool, repeats: int, device:
     where theseus is not installed."""
     try:
         from .theseus_peer import time_theseus as timed
-    except ImportError:
+    except (ImportError, OSError):  # not installed, or a build whose extensions do not load
         return None
     return timed(p, backward, repeats, device)
 
@@ -299,7 +299,7 @@ def measure(quick: bool, device: str = "cpu") -> dict[str, Any]:
     try:
         import theseus
         peer += f", theseus-ai {theseus.__version__}"
-    except ImportError:
+    except (ImportError, OSError):
         peer += ", theseus-ai not installed (see sciml/bench/theseus_peer.py)"
     if torch.device(device).type == "cuda":
         machine = f"{torch.cuda.get_device_name(torch.device(device))}, CUDA {torch.version.cuda}"

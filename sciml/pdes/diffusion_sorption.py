@@ -73,15 +73,17 @@ class DiffusionSorption(PDE):
     def residual_slopes(self, f: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """Closed form of the slopes (2x faster than autograd's pass, and the layer evaluates them
         once per solver iteration): with k = D / R(u), r = u_t - k u_xx, dr/du_t = 1,
-        dr/du_xx = -k and dr/du = k^2 / D R'(u) u_xx, R'(u) = sorption (n_f - 1) v^(n_f - 2) with
-        v = max(u, 0) + eps (zero where u < 0, where the isotherm is frozen)."""
+        dr/du_xx = -k and dr/du = k / R R'(u) u_xx, R'(u) = sorption (n_f - 1) v^(n_f - 2) with
+        v = max(u, 0) + eps; zero where u <= 0, where the isotherm is frozen (autograd's
+        convention for the clip at u = 0, and that of :meth:`retardation_derivative`)."""
         u, u_t, u_xx = f["u"], f["u_t"], f["u_xx"]
         v = u.clamp_min(0) + self.eps
         power = v ** (self.n_f - 1)
-        k = self.D / (1 + self.sorption * power)
-        d_u = (k * k * (self.sorption * (self.n_f - 1) / self.D)) * u_xx * power / v
+        retardation = 1 + self.sorption * power
+        k = self.D / retardation
+        d_u = (k / retardation * (self.sorption * (self.n_f - 1))) * u_xx * power / v
         ones = torch.ones((), dtype=u_t.dtype, device=u_t.device).expand_as(u_t)
-        return torch.addcmul(u_t, k, u_xx, value=-1), {"u": d_u.masked_fill(u < 0, 0), "u_t": ones, "u_xx": -k}
+        return torch.addcmul(u_t, k, u_xx, value=-1), {"u": d_u.masked_fill(u <= 0, 0), "u_t": ones, "u_xx": -k}
 
     def initial_condition(self, x: np.ndarray) -> np.ndarray:
         """PDEBench starts every sample from a random field; this default is the empty column."""

@@ -5,7 +5,8 @@
 # Paper scale needs a GPU: scripts/device/paper_scale.sh.
 # Usage: [SEED=N] [STEPS=N] bash scripts/hc_cpu.sh [MODEL ...]   (default: sc hc moe moe_time moe_space;
 #        runs/hc_cpu_<model>, with _s<N> for a seed other than 0 and _<N>steps for other than 1200 steps;
-#        the rate halves every STEPS / 4 steps)
+#        the rate halves every STEPS / 4 steps; extrap_sc, extrap_hc, extrap_moe_time: trained on t <= 400 only,
+#        metrics.json with interp/* (t <= 400) and extrap/* (t > 400))
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scale=(data.path=data/diffusion_sorption_128x51_n240.h5 data.generator_params.nx=128 data.generator_params.nt=51
@@ -25,6 +26,13 @@ for m in "${models[@]}"; do
       .venv/bin/sciml run experiments/hc/diffusion_sorption_moe.yaml --out "runs/hc_cpu_$m$suffix" "${scale[@]}" "model.splits=[2,1]" ;;
     moe_space)  # four spatial experts
       .venv/bin/sciml run experiments/hc/diffusion_sorption_moe.yaml --out "runs/hc_cpu_$m$suffix" "${scale[@]}" "model.splits=[1,4]" ;;
-    *) echo "unknown model $m (sc hc moe moe_time moe_space)" >&2; exit 2 ;;
+    extrap_sc|extrap_hc|extrap_moe_time)  # temporal extrapolation: trained on t <= 400, tested on t > 400 too
+      case "$m" in
+        extrap_sc) over=(model.constraint=soft "model.splits=[1,1]") ;;
+        extrap_hc) over=("model.splits=[1,1]") ;;
+        *) over=("model.splits=[2,1]") ;;
+      esac
+      .venv/bin/sciml run experiments/hc/diffusion_sorption_moe_extrapolation.yaml --out "runs/hc_cpu_$m$suffix" "${scale[@]}" "${over[@]}" ;;
+    *) echo "unknown model $m (sc hc moe moe_time moe_space extrap_sc extrap_hc extrap_moe_time)" >&2; exit 2 ;;
   esac
 done

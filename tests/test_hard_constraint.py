@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sciml.constraints import HardConstraint, Partition, Rows, derivative, grid_fields, least_squares
+from sciml.constraints import GridFields, HardConstraint, Partition, Rows, derivative, grid_fields, least_squares
 from sciml.pdes import ConvectionDiffusion
 
 F64 = torch.float64
@@ -47,6 +47,57 @@ def test_fft_and_finite_difference_derivatives_are_accurate():
     errors = [float((derivative(torch.exp(2 * s), 0, float(s[1]), 2) - 4 * torch.exp(2 * s)).abs().max())
               for s in (torch.linspace(0, 1, 51, dtype=F64), torch.linspace(0, 1, 101, dtype=F64))]
     assert 3.5 < errors[0] / errors[1] < 4.5  # second order, boundaries included
+
+
+@pytest.mark.parametrize("periodic", [{}, {"x": True}])
+def test_grid_fields_at_points_equal_the_whole_grid_fields_there(periodic):
+    """Values and gradients at interior, edge and corner points, finite-difference and spectral axes."""
+    b = torch.randn(2, 7, 9, 3, dtype=F64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    names, spacing, axes = ("u", "u_t", "u_x", "u_xx", "u_tt"), {"t": 0.3, "x": 0.1}, {"t": 1, "x": 2}
+    full = grid_fields(b, names, spacing, periodic, axes)
+    index = torch.stack([torch.arange(9), torch.arange(54, 63), torch.arange(0, 63, 7), torch.randint(0, 63, (9,), generator=torch.Generator().manual_seed(1))])
+    at = GridFields(b, names, spacing, periodic, axes).at(index)
+    weights = {k: torch.randn(2, *index.shape, 3, dtype=F64, generator=torch.Generator().manual_seed(i)) for i, k in enumerate(names)}
+    for k in names:
+        assert at[k].shape == (2, *index.shape, 3)
+        want = full[k].reshape(2, -1, 3)[:, index]
+        torch.testing.assert_close(at[k], want, rtol=1e-12, atol=1e-12 * float(want.abs().max()))
+    (got,) = torch.autograd.grad(sum((at[k] * weights[k]).sum() for k in names), b)
+    (want,) = torch.autograd.grad(sum((full[k].reshape(2, -1, 3)[:, index] * weights[k]).sum() for k in names), b)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-9)
+
+
+def test_grid_fields_refuse_unknown_fields():
+    b = torch.zeros(1, 5, 6, 2, dtype=F64)
+    with pytest.raises(ValueError, match="unknown field 'u_y'"):
+        GridFields(b, ("u", "u_y"), {"t": 1.0, "x": 1.0}, {}, {"t": 1, "x": 2})
+    with pytest.raises(ValueError, match=r"fields \['u_tt'\] were not declared"):
+        GridFields(b, ("u", "u_t"), {"t": 1.0, "x": 1.0}, {}, {"t": 1, "x": 2}).at(torch.arange(3), ("u_tt",))
+    with pytest.raises(ValueError, match="needs >= 3 points"):
+        GridFields(torch.zeros(1, 2, 6, 2), ("u_t",), {"t": 1.0, "x": 1.0}, {}, {"t": 1, "x": 2}).at(torch.arange(3))
+
+
+@pytest.mark.parametrize("splits", [(1, 1), (2, 2)])
+def test_layer_on_grid_fields_equals_the_layer_on_whole_grid_fields(splits):
+    """GridFields computes the fields at the sampled and row points only: same u, same gradient."""
+    fields, rows, exact = heat_setup(nt=21, nx=16, extra=3)
+    spacing, axes = {"t": 1 / 20, "x": 2 * math.pi / 16}, {"t": 1, "x": 2}
+    layer = HardConstraint(ConvectionDiffusion(beta=0.0, nu=NU), grid=exact.shape, splits=splits, points=40, ridge=1e-3)
+    pts = layer.sample_points(torch.Generator().manual_seed(0))
+    weight = torch.randn(exact.shape, generator=torch.Generator().manual_seed(2), dtype=F64)
+    for periodic in ({}, {"x": True}):
+        outputs = []
+        for lazy in (False, True):
+            basis = fields["u"].detach().clone().requires_grad_(True)
+            f = (GridFields if lazy else grid_fields)(basis, ("u", "u_t", "u_x", "u_xx"), spacing, periodic, axes)
+            u = layer(f, rows=rows, points=pts)
+            full = layer(f, rows=rows, points=pts, return_fields=True)
+            outputs.append((u, full, *torch.autograd.grad((u * weight).sum() + (full["u_xx"] * weight).sum(), basis)))
+        (u1, f1, g1), (u2, f2, g2) = outputs
+        torch.testing.assert_close(u2, u1, rtol=1e-10, atol=1e-12)
+        for k in f1:
+            torch.testing.assert_close(f2[k], f1[k], rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(g2, g1, rtol=1e-8, atol=1e-9)
 
 
 def test_layer_recovers_the_exact_solution_held_by_the_basis():

@@ -29,7 +29,7 @@ def test_rows_and_loss_vanish_on_the_reference_solution(tmp_path):
     t, x = ds.grid["t"], ds.grid["x"]
     u, u0 = torch.as_tensor(ds.u), torch.as_tensor(ds.u0)
     model = PhysicsFNO(DiffusionSorption(), constraint="hard", solver=SOLVER, **SMALL).double()
-    fields = {k: v[..., 0].reshape(2, -1) for k, v in model._fields(u[..., None], t, x).items()}
+    fields = {k: v[..., 0].reshape(2, -1) for k, v in model._fields(u[..., None], t, x).full().items()}
     rows = model._rows(u0, len(t), len(x), float(x[0]))
     lhs = sum(torch.as_tensor(c, dtype=torch.float64) * fields[name][:, rows.points] for name, c in rows.coefficients.items())
     mismatch = (lhs - rows.target) / rows.scale
@@ -92,7 +92,7 @@ def test_solution_fields_are_each_experts_derivatives():
         f = model.solution_fields(u0, t, x)
         assert set(f) == {"u", "u_t", "u_x", "u_xx"}
         torch.testing.assert_close(f["u"], model(u0, t, x), rtol=0, atol=0)
-        fd = {k: v[..., 0] for k, v in model._fields(f["u"][..., None], t, x).items()}
+        fd = {k: v[..., 0] for k, v in model._fields(f["u"][..., None], t, x).full().items()}
         inside = slice(1, 7) if splits == (1, 2) else slice(1, 15)  # away from the edge between x[7] and x[8]
         for name in ("u_t", "u_x", "u_xx"):
             torch.testing.assert_close(f[name][:, :, inside], fd[name][:, :, inside], rtol=1e-9, atol=1e-9)

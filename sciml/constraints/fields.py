@@ -85,17 +85,123 @@ def grid_fields(b: Tensor, names: tuple[str, ...], spacing: dict[str, float], pe
     """
     out: dict[str, Tensor] = {}
     for name in names:
+        _check_field(name, periodic, axes)
         if name == "u":
             out[name] = b
             continue
         if name in ("psi", "psi_x", "psi_y"):
-            if not ({"x", "y"} <= set(axes) and periodic.get("x") and periodic.get("y")):
-                raise ValueError(f"field {name!r} needs periodic axes x and y (got axes {sorted(axes)}, periodic {periodic}).")
             order = (int(name == "psi_x"), int(name == "psi_y"))
             out[name] = stream_function(b, (axes["x"], axes["y"]), (spacing["x"], spacing["y"]), order)
             continue
-        if not name.startswith("u_") or len(set(name[2:])) != 1 or len(name) - 2 not in (1, 2) or name[2] not in axes:
-            raise ValueError(f"unknown field {name!r}: grid_fields computes u, u_<axis> and u_<axis><axis> for axes {sorted(axes)}, and psi, psi_x, psi_y.")
         axis = name[2]
         out[name] = derivative(b, axes[axis], spacing[axis], order=len(name) - 2, periodic=periodic.get(axis, False))
     return out
+
+
+def _check_field(name: str, periodic: dict[str, bool], axes: dict[str, int]) -> None:
+    """Raise unless :func:`grid_fields` knows how to compute field ``name``."""
+    if name == "u":
+        return
+    if name in ("psi", "psi_x", "psi_y"):
+        if not ({"x", "y"} <= set(axes) and periodic.get("x") and periodic.get("y")):
+            raise ValueError(f"field {name!r} needs periodic axes x and y (got axes {sorted(axes)}, periodic {periodic}).")
+        return
+    if not name.startswith("u_") or len(set(name[2:])) != 1 or len(name) - 2 not in (1, 2) or name[2] not in axes:
+        raise ValueError(f"unknown field {name!r}: grid_fields computes u, u_<axis> and u_<axis><axis> for axes {sorted(axes)}, and psi, psi_x, psi_y.")
+
+
+def _stencil(position: Tensor, n: int, order: int) -> tuple[Tensor, Tensor]:
+    """(offsets [m, S] int64, weights [m, S] float64) of :func:`derivative`'s finite-difference
+    stencil at grid indices ``position`` [m] along an axis of n points with unit spacing (zero
+    weights pad the shorter stencils)."""
+    if order == 1:
+        if n < 3:
+            raise ValueError(f"a finite-difference derivative needs >= 3 points along an axis, got {n}.")
+        rows = {"inside": ([-1, 1, 0], [-0.5, 0.5, 0.0]), "first": ([0, 1, 2], [-1.5, 2.0, -0.5]), "last": ([0, -1, -2], [1.5, -2.0, 0.5])}
+    else:
+        if n < 4:
+            raise ValueError(f"a second derivative needs >= 4 points along an axis, got {n}.")
+        rows = {"inside": ([-1, 0, 1, 0], [1.0, -2.0, 1.0, 0.0]), "first": ([0, 1, 2, 3], [2.0, -5.0, 4.0, -1.0]),
+                "last": ([0, -1, -2, -3], [2.0, -5.0, 4.0, -1.0])}
+    which = torch.where(position == 0, 1, torch.where(position == n - 1, 2, 0))
+    offsets = torch.tensor([rows[k][0] for k in ("inside", "first", "last")], device=position.device)[which]
+    weights = torch.tensor([rows[k][1] for k in ("inside", "first", "last")], dtype=torch.float64, device=position.device)[which]
+    return offsets, weights
+
+
+class GridFields:
+    """The named fields of a basis b [batch, *grid, n] (as :func:`grid_fields`), computed where
+    they are needed.
+
+    :meth:`at` gives the fields at a set of grid points only: finite-difference derivatives by
+    the same stencils as :func:`derivative` (neighbours across any block edge included, so an
+    expert's derivatives are those of the whole grid), from one gather of b; spectral ones (on
+    periodic axes, psi) from the whole-grid fields. A hard-constraint layer samples a few
+    thousand of a grid's 1e5-1e6 points: this skips the whole-grid derivatives and their
+    backward (on a CPU at the paper's grid, ~97% of a layer call). :meth:`full` gives the
+    whole-grid fields (cached).
+    """
+
+    def __init__(self, b: Tensor, names: tuple[str, ...], spacing: dict[str, float], periodic: dict[str, bool], axes: dict[str, int]):
+        self.b, self.names, self.spacing, self.periodic, self.axes = b, tuple(names), dict(spacing), dict(periodic), dict(axes)
+        if any(not 1 <= d <= b.ndim - 2 for d in self.axes.values()):
+            raise ValueError(f"`axes` (={self.axes}) must name grid dims of b (1 .. {b.ndim - 2}) for a basis of shape {tuple(b.shape)}.")
+        self._full: dict[str, Tensor] | None = None
+        for name in self.names:
+            _check_field(name, self.periodic, self.axes)
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        return tuple(self.b.shape[1:-1])
+
+    def _local(self, name: str) -> tuple[str, int] | None:
+        """(axis, order) for a finite-difference field u_<a> / u_<a><a>; None for u and spectral ones."""
+        if name.startswith("u_") and len(name) in (3, 4) and len(set(name[2:])) == 1 and name[2] in self.axes and not self.periodic.get(name[2], False):
+            return name[2], len(name) - 2
+        return None
+
+    def full(self) -> dict[str, Tensor]:
+        """{name: [batch, *grid, n]} on the whole grid."""
+        if self._full is None:
+            self._full = grid_fields(self.b, self.names, self.spacing, self.periodic, self.axes)
+        return self._full
+
+    def at(self, index: Tensor, names: tuple[str, ...] | None = None) -> dict[str, Tensor]:
+        """{name: [batch, *index.shape, n]} at flat grid indices ``index`` (any shape), for
+        ``names`` (default: all)."""
+        names = self.names if names is None else tuple(names)
+        if unknown := [k for k in names if k not in self.names]:
+            raise ValueError(f"fields {unknown} were not declared; GridFields has {list(self.names)}.")
+        batch, n = self.b.shape[0], self.b.shape[-1]
+        flat_b = self.b.reshape(batch, -1, n)
+        index = index.to(self.b.device)
+        flat = index.reshape(-1)
+        coords = torch.unravel_index(flat, self.grid)
+        strides = [math.prod(self.grid[d + 1:]) for d in range(len(self.grid))]
+        plan: list[tuple[str, Tensor, Tensor | None]] = []  # (name, neighbour indices [m, S], weights [m, S])
+        out: dict[str, Tensor] = {}
+        for name in names:
+            if name == "u":
+                plan.append((name, flat[:, None], None))
+            elif (local := self._local(name)) is not None:
+                axis, order = local
+                d = self.axes[axis] - 1
+                offsets, weights = _stencil(coords[d], self.grid[d], order)
+                plan.append((name, flat[:, None] + offsets * strides[d], weights / self.spacing[axis] ** order))
+            else:
+                out[name] = self.full()[name].reshape(batch, -1, n)[:, flat]
+        # Stencils gather S rows of b per point and field; past about 1.5 rows per grid point and
+        # field, whole-grid differences cost less (measured at the paper's grid: the two break
+        # even near 15k of 25k points per expert).
+        if plan and sum(nb.numel() for _, nb, _ in plan) > 1.5 * math.prod(self.grid) * len(plan):
+            for name, _, _ in plan:
+                out[name] = self.full()[name].reshape(batch, -1, n)[:, flat]
+            plan = []
+        if plan:  # one gather for every local field: its backward writes one whole-grid gradient
+            gathered = flat_b.index_select(1, torch.cat([nb.reshape(-1) for _, nb, _ in plan]))
+            start = 0
+            for name, nb, weights in plan:
+                part = gathered[:, start:start + nb.numel()].reshape(batch, *nb.shape, n)
+                start += nb.numel()
+                out[name] = part[:, :, 0] if weights is None else (part * weights.to(part.dtype)[None, :, :, None]).sum(-2)
+        return {k: out[k].reshape(batch, *index.shape, n) for k in names}

@@ -26,6 +26,7 @@ from ..pdes import PDE
 from ._solution import Solution
 from .adjoint import AbstractAdjoint
 from .executors import Executor, LocalExecutor
+from .fields import GridFields
 from .solvers import AbstractSolver
 
 
@@ -281,49 +282,59 @@ class HardConstraint(nn.Module):
         p = min(self.points, min(len(b) for b in self.partition.blocks))
         return torch.stack([b[torch.randperm(len(b), generator=generator)[:p]] for b in self.partition.blocks])
 
-    def forward(self, bases: Mapping[str, Tensor], offsets: Mapping[str, Tensor] | None = None,
+    def forward(self, bases: Mapping[str, Tensor] | GridFields, offsets: Mapping[str, Tensor] | None = None,
                 rows: Rows | None = None, points: Tensor | None = None, return_fields: bool = False) -> Tensor | dict[str, Tensor]:
         """u [batch, *grid] from field bases {name: [batch, *grid, n]} (one per field the PDE
-        needs, "u" included), optional offsets {name: [batch, *grid]}, rows and sampled points
-        [experts, p] (default: a fresh draw). With ``return_fields``, every field of ``bases``
-        the same way, {name: [batch, *grid]}: each grid point's field from its own expert's
-        coefficients (an expert's derivatives, not those of the stitched u across a block edge)."""
+        needs, "u" included) or a :class:`GridFields` (which computes them at the sampled and row
+        points only: the same values, for a fraction of the work), optional offsets
+        {name: [batch, *grid]}, rows and sampled points [experts, p] (default: a fresh draw).
+        With ``return_fields``, every field of ``bases`` the same way, {name: [batch, *grid]}:
+        each grid point's field from its own expert's coefficients (an expert's derivatives, not
+        those of the stitched u across a block edge)."""
         names = tuple(self.pde.fields)
-        if missing := [n for n in (*names, "u") if n not in bases]:
+        given = bases.names if isinstance(bases, GridFields) else tuple(bases)
+        if missing := [n for n in (*names, "u") if n not in given]:
             raise ValueError(f"`bases` lacks the fields {missing} that {type(self.pde).__name__}'s residual needs.")
-        u_basis = bases["u"]
+        u_basis = bases.b if isinstance(bases, GridFields) else bases["u"]
         batch, n = u_basis.shape[0], u_basis.shape[-1]
         if tuple(u_basis.shape[1:-1]) != self.partition.grid:
             raise ValueError(f"the basis grid {tuple(u_basis.shape[1:-1])} differs from the layer's `grid` {self.partition.grid}.")
-        flat = {k: v.reshape(batch, -1, n) for k, v in bases.items()}
-        offs = {k: (offsets[k].reshape(batch, -1) if offsets and k in offsets else None) for k in bases}
+        if isinstance(bases, GridFields) and return_fields:
+            bases = bases.full()
+        offs = {k: (offsets[k].reshape(batch, -1) if offsets and k in offsets else None) for k in given}
         idx = self.sample_points() if points is None else points.to(u_basis.device)
         k_exp, p = idx.shape
-        gathered = [flat[name][:, idx] for name in names]  # [batch, K, p, n]
+        # Every field at the sampled points and the rows' points, in one call.
+        row_pts = rows.points.to(u_basis.device) if rows is not None else idx.new_zeros(0)
+        wanted = tuple(dict.fromkeys((*names, *(rows.coefficients if rows is not None else ()))))
+        if unknown := [k for k in wanted if k not in given]:
+            raise ValueError(f"`rows` use the fields {unknown}, which `bases` lacks.")
+        if isinstance(bases, GridFields):
+            at = bases.at(torch.cat([idx.reshape(-1), row_pts]), wanted)
+        else:
+            at = {k: bases[k].reshape(batch, -1, n)[:, torch.cat([idx.reshape(-1), row_pts])] for k in wanted}
+        gathered = [at[name][:, : k_exp * p].reshape(batch, k_exp, p, n) for name in names]
         offset_pts = [offs[name][:, idx] if offs[name] is not None else torch.zeros(batch, k_exp, p, dtype=u_basis.dtype, device=u_basis.device) for name in names]
-        a, b = self._rows(flat, rows, batch, n)
+        a, b = self._rows({k: v[:, k_exp * p:] for k, v in at.items()}, rows, batch, n, u_basis)
         args = [g.reshape(batch * k_exp, p, n) for g in gathered] + [o.reshape(batch * k_exp, p) for o in offset_pts] + [a, b]
         fn = _Residual(self.pde, names, self.ridge, self.residual_scale)
         y0 = torch.zeros(batch * k_exp, n, dtype=u_basis.dtype, device=u_basis.device)
         sol = self.executor.solve(fn, y0, args, solver=self.solver, adjoint=self.adjoint, max_steps=self.max_steps, dtype=self.dtype)
         self.last_solution = sol
         w = sol.value.reshape(batch, k_exp, n)
-        w_point = w[:, self.partition.label.to(u_basis.device)]  # each grid point with its own expert's coefficients
+        label = self.partition.label.to(u_basis.device)
+        if return_fields:
+            return {name: _stitch(bases[name], w, label, offs[name], self.partition.grid) for name in given}
+        return _stitch(u_basis, w, label, offs["u"], self.partition.grid)
 
-        def stitched(name: str) -> Tensor:
-            f = (flat[name] * w_point).sum(-1)
-            return (f if offs[name] is None else f + offs[name]).reshape(batch, *self.partition.grid)
-
-        return {name: stitched(name) for name in bases} if return_fields else stitched("u")
-
-    def _rows(self, flat: Mapping[str, Tensor], rows: Rows | None, batch: int, n: int) -> tuple[Tensor, Tensor]:
-        """(A [batch*K, q_max, n], b [batch*K, q_max]): each expert's rows, zero-padded."""
+    def _rows(self, at_rows: Mapping[str, Tensor], rows: Rows | None, batch: int, n: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        """(A [batch*K, q_max, n], b [batch*K, q_max]): each expert's rows, zero-padded, from the
+        fields at the rows' points {name: [batch, q, n]}."""
         k_exp = self.partition.experts
-        like = flat["u"]
         if rows is None:
             return like.new_zeros(batch * k_exp, 0, n), like.new_zeros(batch * k_exp, 0)
         pts = rows.points.to(like.device)
-        a = sum(torch.as_tensor(c, dtype=like.dtype, device=like.device)[..., None] * flat[name][:, pts] for name, c in rows.coefficients.items())
+        a = sum(torch.as_tensor(c, dtype=like.dtype, device=like.device)[..., None] * at_rows[name] for name, c in rows.coefficients.items())
         scale = torch.as_tensor(rows.scale, dtype=like.dtype, device=like.device)
         a = a / (scale[..., None] if scale.ndim else scale)
         b = (rows.target.to(like) / scale).expand(batch, len(pts))
@@ -336,3 +347,14 @@ class HardConstraint(nn.Module):
             a_out[:, k, : len(mine)] = a[:, mine]
             b_out[:, k, : len(mine)] = b[:, mine]
         return a_out.reshape(batch * k_exp, q_max, n), b_out.reshape(batch * k_exp, q_max)
+
+
+def _stitch(b: Tensor, w: Tensor, label: Tensor, offset: Tensor | None, grid: tuple[int, ...]) -> Tensor:
+    """u [batch, *grid]: each grid point's basis row times the coefficients w [batch, K, n] of
+    its expert ``label`` [points], plus the offset. Every expert's value at every point by one
+    batched product (K values per point), then each point's own: no points x n temporary, forward
+    or backward, which would cost several passes over the basis."""
+    batch, n = b.shape[0], b.shape[-1]
+    every = torch.bmm(b.reshape(batch, -1, n), w.to(b.dtype).transpose(1, 2))  # [batch, points, K]
+    f = every.squeeze(-1) if w.shape[1] == 1 else every.gather(2, label.expand(batch, -1).unsqueeze(-1)).squeeze(-1)
+    return (f if offset is None else f + offset).reshape(batch, *grid)

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..constraints import (Executor, HardConstraint, ImplicitAdjoint, LevenbergMarquardt, LocalExecutor, RayExecutor, Rows,
-                           grid_fields)
+from ..constraints import (Executor, GridFields, HardConstraint, ImplicitAdjoint, LevenbergMarquardt, LocalExecutor, RayExecutor,
+                           Rows)
 from ..errors import ConfigError, TrainingError
 from ..nn import FNO
 from ._config import Checkpointed, as_config
@@ -153,9 +153,9 @@ class PhysicsFNO(Checkpointed, L.LightningModule):
             self._layers[grid] = self.solver_cfg.make_layer(self.pde, grid, self.splits, self._executor)
         return self._layers[grid]
 
-    def _fields(self, b: Tensor, t: np.ndarray, x: np.ndarray) -> dict[str, Tensor]:
+    def _fields(self, b: Tensor, t: np.ndarray, x: np.ndarray) -> GridFields:
         spacing = {"t": float(t[1] - t[0]), "x": float(x[1] - x[0])}
-        return grid_fields(b, _FIELDS, spacing, {}, {"t": 1, "x": 2})
+        return GridFields(b, _FIELDS, spacing, {}, {"t": 1, "x": 2})
 
     def _rows(self, u0: Tensor, nt: int, nx: int, half_cell: float) -> Rows:
         ic = torch.arange(nx, device=u0.device)
@@ -186,7 +186,7 @@ class PhysicsFNO(Checkpointed, L.LightningModule):
         nt, nx = len(t), len(x)
         b = self.net(self._inputs(u0, t, x)).permute(0, 2, 3, 1)  # [batch, nt, nx, N]
         if self.constraint == "soft":
-            return {k: v[..., 0] for k, v in self._fields(b[..., :1], t, x).items()} if fields else b[..., 0]
+            return {k: v[..., 0] for k, v in self._fields(b[..., :1], t, x).full().items()} if fields else b[..., 0]
         layer = self._layer((nt, nx))
         # Fresh points every training step; fixed ones in evaluation, so predictions are repeatable.
         points = None if self.training else layer.sample_points(torch.Generator().manual_seed(0))
@@ -214,7 +214,7 @@ class PhysicsFNO(Checkpointed, L.LightningModule):
         if isinstance(u, dict):
             f = u
         else:
-            f = {k: v[..., 0] for k, v in self._fields(u[..., None], t, x).items()}
+            f = {k: v[..., 0] for k, v in self._fields(u[..., None], t, x).full().items()}
         u = f["u"]
         pde = (self.pde_weight * self.pde.residual(f))[:, 1:, 1:-1].pow(2).mean()
         ic = (u[:, 0] - u0).pow(2).mean()

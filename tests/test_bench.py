@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sciml.bench import run_benchmark
-from sciml.bench.solver import cost, make_problem, markdown, time_ours, time_optimistix
+from sciml.bench.solver import cost, make_problem, markdown, time_optimistix, time_ours
 from sciml.errors import ConfigError
 
 
@@ -37,8 +37,10 @@ def test_theseus_peer_reaches_our_minimum():
 def test_solver_markdown_handles_a_missing_peer():
     text = markdown({"quick": True, "date": "d", "machine": "m", "versions": {"peer": "none"},
                      "versus_optimistix": [{"experts": 1, "points_per_expert": 10, "grid": "g", "ours_fwd_ms": 1.0}],
-                     "moe_scaling": [{"points": 100, "k1_seconds": 1.0, "k1_peak_rss_mb": 10, "k4_seconds": 0.5, "k4_peak_rss_mb": 9, "moe_speedup": 2.0}]})
+                     "moe_scaling": [{"points": 100, "k1_seconds": 1.0, "k1_peak_rss_mb": 10, "k4_seconds": 0.5, "k4_peak_rss_mb": 9, "moe_speedup": 2.0}],
+                     "layer_fields": [{"experts": 4, "points_per_expert": 1000, "points_seconds": 0.1, "whole_grid_seconds": 0.55, "speedup": 5.5, "steps": 8}]})
     assert "| 1 | 10 | g | 1 | - | - | - | - | - | - | - | - | - |" in text and "| 100 | 1 | 10 | 0.5 | 9 | 2.00 |" in text
+    assert "| 4 | 1000 | 0.1 | 0.55 | 5.5 | 8 |" in text
 
 
 def test_unknown_benchmark_is_refused_with_a_suggestion(tmp_path):
@@ -112,3 +114,39 @@ def test_solver_benchmark_problem_has_a_physical_solution():
     assert 0.05 < float(u.min()) and float(u.max()) < 1.5
     rows = torch.as_tensor(p["a"]) @ sol.value.unsqueeze(-1) - torch.as_tensor(p["b"]).unsqueeze(-1)
     assert float(rows.abs().max()) < 0.05 * float(torch.as_tensor(p["b"]).abs().max())
+
+
+def test_partitioned_problem_splits_one_problem_by_time_blocks():
+    """MoE scaling's problem: experts share their batch element's bases, carry the rows of their
+    own time block only (the IC rows with the first), zero rows after them; together they hold
+    the boundary rows of the undivided problem."""
+    nt, nx, k = 13, 16, 3
+    whole = make_problem(batch=2, experts=1, points=50, n=5, nt=nt, nx=nx, partitioned=True)
+    split = make_problem(batch=2, experts=k, points=50, n=5, nt=nt, nx=nx, partitioned=True)
+    edges = np.arange(k + 1) * nt // k
+    for e in range(k):
+        a, b = split["a"][e], split["b"][e]  # batch element 0, expert e
+        n_bc = 2 * (edges[e + 1] - max(edges[e], 1))
+        mine = (nx if e == 0 else 0) + n_bc
+        assert not a[mine:].any() and not b[mine:].any() and np.abs(a[:mine]).min(axis=1).all()
+    boundary = np.concatenate([split["a"][e][(nx if e == 0 else 0):][: 2 * (edges[e + 1] - max(edges[e], 1))] for e in range(k)])
+    want = whole["a"][0][nx:]
+    assert sorted(map(tuple, boundary.round(12))) == sorted(map(tuple, want.round(12)))
+
+
+def test_layer_benchmark_problem_solves_to_its_rows():
+    """The whole-layer benchmark's problem: both ways of computing the fields give one solve, which
+    meets the IC/BC rows it was built from and keeps u in the isotherm's smooth range."""
+    from sciml.bench.solver import PDE, layer_problem
+    from sciml.constraints import GridFields, HardConstraint
+
+    b, rows, spacing = layer_problem(2, n=8, nt=11, nx=32, dtype=torch.float64)
+    layer = HardConstraint(PDE, (11, 32), (2, 1), points=60, ridge=1e-8)
+    points = layer.sample_points(torch.Generator().manual_seed(0))
+    fields = GridFields(b, PDE.fields, spacing, {}, {"t": 1, "x": 2})
+    u = layer(fields, rows=rows, points=points)
+    torch.testing.assert_close(u, layer(fields.full(), rows=rows, points=points), rtol=1e-10, atol=1e-12)
+    assert layer.last_solution.successful.all()
+    at_rows = u.reshape(2, -1)[:, rows.points]
+    assert float(((at_rows - rows.target) / rows.scale).abs().max()) < 0.05
+    assert 0.05 < float(u.min()) and float(u.max()) < 1.5

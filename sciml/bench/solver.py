@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..constraints.hard import _Residual
+from ..constraints.hard import Rows, _Residual
 from ..pdes import DiffusionSorption
 from . import publish
 
@@ -43,32 +43,63 @@ PDE = DiffusionSorption()
 T_END = PDE.t_end
 
 
-def make_problem(batch: int, experts: int, points: int, n: int = 16, nt: int = 101, nx: int = 1024, seed: int = 0) -> dict[str, np.ndarray]:
+def _basis_parameters(rng: np.random.Generator, owners: int, n: int) -> tuple[np.ndarray, ...]:
+    """(a1, a2, ph, decay) [owners, 1, n] of :func:`basis_fields`' random bases."""
+    a1 = np.arange(1, n + 1) / 2 + rng.uniform(-0.1, 0.1, (owners, 1, n))  # distinct frequencies: well posed
+    a2, ph = rng.uniform(0.5, 3, (2, owners, 1, n))
+    return a1, a2, ph, rng.uniform(0.1, 1.0, (owners, 1, n)) / T_END
+
+
+def basis_fields(t: np.ndarray, x: np.ndarray, parameters: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(u, u_t, u_xx) of n smooth positive analytic bases (0.04 .. 0.16) at times t and places x
+    (broadcast against the parameters' [..., n])."""
+    a1, a2, ph, decay = parameters
+    wave, still = np.cos(np.pi * a1 * x + ph) * np.exp(-decay * t), np.sin(np.pi * a2 * x)
+    u = 0.1 * (1 + 0.5 * wave + 0.1 * still)
+    return u, -0.05 * decay * wave, 0.1 * (-0.5 * (np.pi * a1) ** 2 * wave - 0.1 * (np.pi * a2) ** 2 * still)
+
+
+def make_problem(batch: int, experts: int, points: int, n: int = 16, nt: int = 101, nx: int = 1024, seed: int = 0,
+                 partitioned: bool = False) -> dict[str, np.ndarray]:
     """One constraint per (batch x expert), all float64 numpy: the fields (u, u_t, u_xx) of random
     smooth positive bases at ``points`` sampled grid points, and IC/BC rows ``a w = b`` that a
     positive combination w_true of the bases satisfies (u0 = its initial values, the boundary
     targets its boundary values), so the least-squares solution u stays positive, where the
-    isotherm is smooth. The bases are analytic, so they are evaluated at the points only."""
+    isotherm is smooth. The bases are analytic, so they are evaluated at the points only.
+
+    By default every problem is independent and carries every IC/BC row (as the reference's
+    residual does: the peer comparison). ``partitioned``: as the MoE layer splits one problem,
+    the experts of a batch element share its bases and w_true, expert k has the k-th of
+    ``experts`` equal time blocks, its points are drawn there and it carries the rows there
+    only (the IC rows go to the first), zero-padded to the longest."""
     rng = np.random.default_rng(seed)
     problems = batch * experts
-    a1 = np.arange(1, n + 1) / 2 + rng.uniform(-0.1, 0.1, (problems, 1, n))  # distinct frequencies: well posed
-    a2, ph = rng.uniform(0.5, 3, (2, problems, 1, n))
-    decay = rng.uniform(0.1, 1.0, (problems, 1, n)) / T_END
+    owners = batch if partitioned else problems  # who has bases of its own
+
+    def per_problem(a: np.ndarray) -> np.ndarray:
+        return np.repeat(a, experts, axis=0) if partitioned else a
+
+    a1, a2, ph, decay = (per_problem(v) for v in _basis_parameters(rng, owners, n))
 
     def fields(t: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        t, x = t[..., None], x[..., None]
-        wave, still = np.cos(np.pi * a1 * x + ph) * np.exp(-decay * t), np.sin(np.pi * a2 * x)
-        u = 0.1 * (1 + 0.5 * wave + 0.1 * still)  # 0.04 .. 0.16
-        return u, -0.05 * decay * wave, 0.1 * (-0.5 * (np.pi * a1) ** 2 * wave - 0.1 * (np.pi * a2) ** 2 * still)
+        return basis_fields(t[..., None], x[..., None], (a1, a2, ph, decay))
 
     t_grid, x_grid = np.linspace(0, T_END, nt), (np.arange(nx) + 0.5) / nx
-    u, u_t, u_xx = fields(t_grid[rng.integers(0, nt, (problems, points))], x_grid[rng.integers(0, nx, (problems, points))])
-    w_true = rng.dirichlet(np.ones(n), problems) * rng.uniform(2, 8, (problems, 1))  # u_true in ~0.1 .. 1
+    block = np.tile(np.arange(experts), batch) if partitioned else np.zeros(problems, dtype=int)  # each problem's time block
+    edges = np.arange(experts + 1) * nt // experts if partitioned else np.array([0, nt])
+    t_index = rng.integers(edges[block, None], edges[block + 1, None], (problems, points))
+    u, u_t, u_xx = fields(t_grid[t_index], x_grid[rng.integers(0, nx, (problems, points))])
+    w_true = per_problem(rng.dirichlet(np.ones(n), owners) * rng.uniform(2, 8, (owners, 1)))  # u_true in ~0.1 .. 1
     ic = fields(np.zeros((problems, nx)), np.broadcast_to(x_grid, (problems, nx)))[0]
     left = fields(np.broadcast_to(t_grid[1:], (problems, nt - 1)), np.full((problems, nt - 1), x_grid[0]))[0]
     right = fields(np.broadcast_to(t_grid[1:], (problems, nt - 1)), np.full((problems, nt - 1), x_grid[-1]))[0]
     u0 = np.einsum("pxn,pn->px", ic, w_true)
     a = np.concatenate([ic / u0[..., None], left, right], axis=1)
+    if partitioned:  # keep each problem's own rows, zero rows after them
+        row_t = np.concatenate([np.zeros(nx, dtype=int), np.arange(1, nt), np.arange(1, nt)])
+        mine = (row_t[None] >= edges[block, None]) & (row_t[None] < edges[block + 1, None])
+        order = np.argsort(~mine, axis=1, kind="stable")
+        a = np.take_along_axis(a * mine[..., None], order[..., None], axis=1)[:, : mine.sum(1).max()]
     return {"u": u, "u_t": u_t, "u_xx": u_xx, "a": a, "b": np.einsum("pqn,pn->pq", a, w_true)}
 
 
@@ -241,7 +272,7 @@ def _moe_point(points: int, experts: int, n: int, backward: bool) -> dict[str, f
     """Time and peak memory of the solve alone on the CPU: the high-water mark above the
     resident size once the problem is built (imports and inputs excluded)."""
     time_ours(make_problem(batch=1, experts=1, points=10, n=n, nt=11, nx=32), backward, repeats=1)  # code paths loaded
-    p = make_problem(batch=6, experts=experts, points=points // experts, n=n, nt=101, nx=1024)
+    p = make_problem(batch=6, experts=experts, points=points // experts, n=n, nt=101, nx=1024, partitioned=True)
     baseline = _resident_mb()
     _peak_rss_mb(reset=True)
     seconds, _ = time_ours(p, backward, repeats=2)
@@ -252,7 +283,7 @@ def _moe_point_cuda(points: int, experts: int, n: int, backward: bool, device: t
     """The same on a GPU: time, and the allocator's peak during the solves above what was
     allocated before them and the inputs' own copy on the GPU."""
     time_ours(make_problem(batch=1, experts=1, points=10, n=n, nt=11, nx=32), backward, repeats=1, device=device)
-    p = make_problem(batch=6, experts=experts, points=points // experts, n=n, nt=101, nx=1024)
+    p = make_problem(batch=6, experts=experts, points=points // experts, n=n, nt=101, nx=1024, partitioned=True)
     inputs = sum(a.nbytes for a in residual_args(p))
     torch.cuda.synchronize(device)
     baseline = torch.cuda.memory_allocated(device)
@@ -276,6 +307,71 @@ def moe_scaling(quick: bool, device: str = "cpu") -> list[dict[str, Any]]:
                 result = json.loads(out.strip().splitlines()[-1])
             row[f"k{experts}_seconds"], row[f"k{experts}_peak_rss_mb"] = result["seconds"], result["peak_rss_mb"]
         row["moe_speedup"] = row["k1_seconds"] / row["k4_seconds"]
+        rows.append(row)
+    return rows
+
+
+def layer_problem(batch: int, n: int = 16, nt: int = 101, nx: int = 1024, seed: int = 0, dtype: torch.dtype = torch.float32,
+                  device: str | torch.device = "cpu") -> tuple[torch.Tensor, Rows, dict[str, float]]:
+    """The whole layer's input on the paper's grid: bases B [batch, nt, nx, n] (those of
+    :func:`make_problem`, as a float32 network would give them), IC rows (u - u0) / u0 and
+    boundary rows u(x_0, t), u(x_end, t) with the values of u_true = B w_true, and the spacing."""
+    rng = np.random.default_rng(seed)
+    parameters = tuple(v[:, None] for v in _basis_parameters(rng, batch, n))  # [batch, 1, 1, n]
+    t, x = np.linspace(0, T_END, nt), (np.arange(nx) + 0.5) / nx
+    b = basis_fields(t[None, :, None, None], x[None, None, :, None], parameters)[0]
+    w_true = rng.dirichlet(np.ones(n), batch) * rng.uniform(2, 8, (batch, 1))
+    u_true = np.einsum("btxn,bn->btx", b, w_true)
+    left = np.arange(1, nt) * nx
+    points = np.concatenate([np.arange(nx), left, left + nx - 1])
+    target = u_true.reshape(batch, -1)[:, points]
+    scale = np.concatenate([target[:, :nx], np.ones((batch, 2 * (nt - 1)))], axis=1)
+    as_t = lambda a, dt=torch.float64: torch.as_tensor(a, dtype=dt, device=device)  # noqa: E731
+    rows = Rows(points=torch.as_tensor(points, device=device), coefficients={"u": 1.0}, target=as_t(target), scale=as_t(scale))
+    return as_t(b, dtype), rows, {"t": float(t[1] - t[0]), "x": float(x[1] - x[0])}
+
+
+def time_layer(experts: int, points: int, lazy: bool, repeats: int, device: str | torch.device = "cpu", quick: bool = False) -> tuple[float, int]:
+    """(seconds, solver steps) of the hard-constraint layer, forward + backward to the bases, on
+    :func:`layer_problem` with ``experts`` time blocks of ``points`` each: the fields at the
+    sampled and row points only (``lazy``, :class:`~sciml.constraints.GridFields`) or on the whole
+    grid first (:func:`~sciml.constraints.grid_fields`)."""
+    from ..constraints import GridFields, HardConstraint, ImplicitAdjoint, LevenbergMarquardt
+
+    device = torch.device(device)
+    grid = {"nt": 26, "nx": 256} if quick else {"nt": 101, "nx": 1024}
+    b, rows, spacing = layer_problem(6, device=device, **grid)
+    layer = HardConstraint(PDE, (grid["nt"], grid["nx"]), (experts, 1), points=points, ridge=1e-8, max_steps=100,
+                           solver=LevenbergMarquardt(rtol=1e-4, atol=1e-4), adjoint=ImplicitAdjoint("exact"))
+    sampled = layer.sample_points(torch.Generator().manual_seed(0))
+    weights = torch.randn(b.shape[:-1], generator=torch.Generator().manual_seed(1)).to(device)
+    b.requires_grad_(True)
+
+    def once() -> None:
+        fields = GridFields(b, PDE.fields, spacing, {}, {"t": 1, "x": 2})
+        u = layer(fields if lazy else fields.full(), rows=rows, points=sampled)
+        torch.autograd.grad((u * weights).sum(), b)
+        _sync(device)
+
+    once()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - t0)
+    return min(times), int(layer.last_solution.steps)
+
+
+def layer_fields(quick: bool, device: str = "cpu") -> list[dict[str, Any]]:
+    """The whole layer with fields at the points only against fields on the whole grid first."""
+    cases = [(1, 1000), (4, 1000)] if quick else [(1, 1000), (4, 1000), (4, 20000)]
+    rows = []
+    for experts, points in cases:
+        row: dict[str, Any] = {"experts": experts, "points_per_expert": points}
+        for lazy in (True, False):
+            key = "points" if lazy else "whole_grid"
+            row[f"{key}_seconds"], row["steps"] = time_layer(experts, points, lazy, 2 if quick else 3, device, quick)
+        row["speedup"] = row["whole_grid_seconds"] / row["points_seconds"]
         rows.append(row)
     return rows
 
@@ -309,6 +405,7 @@ def measure(quick: bool, device: str = "cpu") -> dict[str, Any]:
         "benchmark": "solver", "quick": quick, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": device,
         "machine": machine, "versions": {"sciml": __version__, "torch": torch.__version__, "peer": peer},
         "versus_optimistix": versus_optimistix(quick, device), "moe_scaling": moe_scaling(quick, device),
+        "layer_fields": layer_fields(quick, device),
     }
     return report
 
@@ -328,4 +425,10 @@ def markdown(r: dict[str, Any]) -> str:
     lines += ["", f"| points (total) | 1 expert: s | 1 expert: {memory} | 4 experts: s | 4 experts: {memory} | MoE speed-up |", "|---|---|---|---|---|---|"]
     for row in r["moe_scaling"]:
         lines.append(f"| {row['points']} | {row['k1_seconds']:.3g} | {row['k1_peak_rss_mb']:.0f} | {row['k4_seconds']:.3g} | {row['k4_peak_rss_mb']:.0f} | {row['moe_speedup']:.2f} |")
+    if r.get("layer_fields"):
+        lines += ["", "| experts | points/expert | layer fwd+bwd, fields at the points (s) | fields on the whole grid first (s) | speed-up | LM steps |",
+                  "|---|---|---|---|---|---|"]
+        for row in r["layer_fields"]:
+            lines.append(f"| {row['experts']} | {row['points_per_expert']} | {row['points_seconds']:.3g} | {row['whole_grid_seconds']:.3g} | "
+                         f"{row['speedup']:.1f} | {row['steps']} |")
     return "\n".join(lines) + "\n"

@@ -364,7 +364,7 @@ def time_layer(experts: int, points: int, lazy: bool, repeats: int, device: str 
 
 def layer_fields(quick: bool, device: str = "cpu") -> list[dict[str, Any]]:
     """The whole layer with fields at the points only against fields on the whole grid first."""
-    cases = [(1, 1000), (4, 1000)] if quick else [(1, 1000), (4, 1000), (4, 20000)]
+    cases = [(1, 1000), (4, 1000)] if quick else [(1, 1000), (4, 1000), (1, 20000), (4, 5000)]
     rows = []
     for experts, points in cases:
         row: dict[str, Any] = {"experts": experts, "points_per_expert": points}

@@ -268,3 +268,14 @@ def test_dropping_converged_problems_changes_nothing():
         grads.append(torch.autograd.grad(sol.value.pow(2).sum() + sol.cost.sum(), leaves[:3] + leaves[-2:]))
     for implicit, unrolled in zip(*grads):
         torch.testing.assert_close(implicit, unrolled, rtol=1e-6, atol=1e-8)
+
+
+def test_each_block_of_the_output_uses_its_own_experts_coefficients():
+    fields, rows, exact = heat_setup(nt=21, nx=16, extra=3)
+    layer = HardConstraint(ConvectionDiffusion(beta=0.0, nu=NU), grid=exact.shape, splits=(2, 2), points=30, ridge=1e-3)
+    u = layer(fields, rows=rows, points=layer.sample_points(torch.Generator().manual_seed(0)))
+    w = layer.last_solution.value.reshape(1, 4, -1)
+    assert float((w[0, 0] - w[0, 3]).abs().max()) > 1e-3  # the experts differ, so a mix-up would show
+    basis = fields["u"].reshape(1, -1, w.shape[-1])
+    for k, block in enumerate(layer.partition.blocks):
+        torch.testing.assert_close(u.reshape(1, -1)[:, block], (basis[:, block] @ w[:, k, :, None])[..., 0], rtol=1e-12, atol=1e-12)

@@ -27,6 +27,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def best_of(once: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    """(the fastest of ``repeats`` calls of ``once`` after a warm-up call, in seconds; the last
+    call's value)."""
+    value = once()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        value = once()
+        times.append(time.perf_counter() - t0)
+    return min(times), value
+
+
 def time_ours(p: dict[str, np.ndarray], backward: bool, repeats: int, device: str | torch.device = "cpu") -> tuple[float, np.ndarray]:
     from ..constraints import ImplicitAdjoint, LevenbergMarquardt, least_squares
 
@@ -142,13 +155,7 @@ def time_ours(p: dict[str, np.ndarray], backward: bool, repeats: int, device: st
         _sync(device)
         return sol.value.detach().cpu().numpy()
 
-    once()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        value = once()
-        times.append(time.perf_counter() - t0)
-    return min(times), value
+    return best_of(once, repeats)
 
 
 def _jax_device(device: str | torch.device):
@@ -204,13 +211,8 @@ def _time_optimistix(p: dict[str, np.ndarray], backward: bool, repeats: int) -> 
         value_fn = jax.jit(batched)
     else:
         fn = value_fn = jax.jit(batched)
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return min(times), np.asarray(value_fn(*args))
+    seconds, _ = best_of(lambda: jax.block_until_ready(fn(*args)), repeats)
+    return seconds, np.asarray(value_fn(*args))
 
 
 def time_theseus(p: dict[str, np.ndarray], backward: bool, repeats: int, device: str | torch.device = "cpu") -> tuple[float, np.ndarray, int] | None:
@@ -353,13 +355,8 @@ def time_layer(experts: int, points: int, lazy: bool, repeats: int, device: str 
         torch.autograd.grad((u * weights).sum(), b)
         _sync(device)
 
-    once()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - t0)
-    return min(times), int(layer.last_solution.steps)
+    seconds, _ = best_of(once, repeats)
+    return seconds, int(layer.last_solution.steps)
 
 
 def layer_fields(quick: bool, device: str = "cpu") -> list[dict[str, Any]]:

@@ -19,14 +19,13 @@ the implicit gradient (ours and optimistix's are exact, which costs us more in t
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
 import theseus as th
 import torch
 
-from .solver import RESIDUAL, _sync, residual_args
+from .solver import RESIDUAL, _sync, best_of, residual_args
 
 F64 = torch.float64
 NAMES = ("bu", "bt", "bxx", "a", "b")
@@ -97,10 +96,5 @@ def time_theseus(p: dict[str, np.ndarray], backward: bool, repeats: int, device:
         steps = info.converged_iter  # -1 where a problem hit the iteration limit
         return sol["w"].detach().cpu().numpy(), max_steps if bool((steps < 0).any()) else int(steps.max())
 
-    once()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        value, steps = once()
-        times.append(time.perf_counter() - t0)
-    return min(times), value, steps
+    seconds, (value, steps) = best_of(once, repeats)
+    return seconds, value, steps

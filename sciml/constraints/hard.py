@@ -309,10 +309,11 @@ class HardConstraint(nn.Module):
         wanted = tuple(dict.fromkeys((*names, *(rows.coefficients if rows is not None else ()))))
         if unknown := [k for k in wanted if k not in given]:
             raise ValueError(f"`rows` use the fields {unknown}, which `bases` lacks.")
+        where = torch.cat([idx.reshape(-1), row_pts])
         if isinstance(bases, GridFields):
-            at = bases.at(torch.cat([idx.reshape(-1), row_pts]), wanted)
+            at = bases.at(where, wanted)
         else:
-            at = {k: bases[k].reshape(batch, -1, n)[:, torch.cat([idx.reshape(-1), row_pts])] for k in wanted}
+            at = {k: bases[k].reshape(batch, -1, n)[:, where] for k in wanted}
         gathered = [at[name][:, : k_exp * p].reshape(batch, k_exp, p, n) for name in names]
         offset_pts = [offs[name][:, idx] if offs[name] is not None else torch.zeros(batch, k_exp, p, dtype=u_basis.dtype, device=u_basis.device) for name in names]
         a, b = self._rows({k: v[:, k_exp * p:] for k, v in at.items()}, rows, batch, n, u_basis)

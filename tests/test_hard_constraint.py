@@ -224,8 +224,10 @@ def test_structured_normal_equations_hessian_and_pullback_equal_autograd(pde_nam
     pde = Burgers(nu=0.05) if pde_name == "burgers" else DiffusionSorption()
     fn, args, w = _structured_problem(pde)
     plain = lambda y, *t: fn(y, *t)  # noqa: E731  (no structure: autograd only)
-    for ours, ref in zip(normal_equations(fn, w, prepare(fn, args)), normal_equations(plain, w, args)):
-        torch.testing.assert_close(ours, ref, rtol=1e-11, atol=1e-11)
+    for grad_mode in (True, False):  # the unrolled adjoint's path, and the forward solve's (condensed rows)
+        with torch.set_grad_enabled(grad_mode):
+            for ours, ref in zip(normal_equations(fn, w, prepare(fn, args)), normal_equations(plain, w, args)):
+                torch.testing.assert_close(ours, ref, rtol=1e-11, atol=1e-11)
 
     cost = lambda y, *t: 0.5 * plain(y, *t).pow(2).sum()  # noqa: E731
     hess = torch.stack([torch.func.hessian(lambda y: cost(y[None], *(t[i:i + 1] for t in args)))(w[i]) for i in range(len(w))])
@@ -243,6 +245,38 @@ def test_structured_normal_equations_hessian_and_pullback_equal_autograd(pde_nam
     ref = torch.autograd.grad([f, c], leaves, [-mu, g_cost])
     for ours, expected in zip(fn.pullback(w, mu, g_cost, *args), ref):
         torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-10)
+    bases_only = fn.pullback(w, mu, g_cost, *args, wanted=frozenset(range(len(args) - 2)))
+    assert bases_only[-2:] == (None, None)  # the rows' gradients skipped when not wanted
+    for ours, expected in zip(bases_only[:-2], ref):
+        torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("ridge", [0.0, 1e-3])
+def test_condensed_rows_give_the_cost_of_the_rows_evaluated(ridge):
+    """The forward solve condenses the linear rows and the ridge to n x n once per solve; its
+    cost must equal the plain residual's where A^T A is singular: an expert with no rows (all
+    zero padding), fewer rows than coefficients, two equal columns; at random points and at the
+    solution, where the cost is smallest."""
+    from sciml.constraints._solve import normal_equations, prepare
+    from sciml.constraints.hard import _Residual
+    from sciml.pdes import Burgers
+
+    pde = Burgers(nu=0.05)
+    names = tuple(pde.fields)
+    g = torch.Generator().manual_seed(4)
+    bases = [torch.randn(4, 30, 5, generator=g, dtype=F64) for _ in names]
+    offsets = [torch.randn(4, 30, generator=g, dtype=F64) for _ in names]
+    a, b = torch.randn(4, 9, 5, generator=g, dtype=F64), torch.randn(4, 9, generator=g, dtype=F64)
+    a[1], b[1] = 0.0, 0.0  # no rows: all padding
+    a[2, 3:], b[2, 3:] = 0.0, 0.0  # 3 rows for 5 coefficients
+    a[3, :, 4] = a[3, :, 0]  # rank 4
+    fn = _Residual(pde, names, ridge, 2.0)
+    args = [*bases, *offsets, a, b]
+    solution = least_squares(fn, torch.zeros(4, 5, dtype=F64), args, max_steps=200, throw=False).value
+    for w in (torch.randn(4, 5, generator=g, dtype=F64), solution):
+        with torch.no_grad():
+            cost = normal_equations(fn, w, prepare(fn, args))[0]
+        torch.testing.assert_close(cost, 0.5 * fn(w, *args).pow(2).sum(-1), rtol=1e-12, atol=1e-14)
 
 
 def test_dropping_converged_problems_changes_nothing():

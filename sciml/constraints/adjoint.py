@@ -7,8 +7,8 @@ gradient g = dL/dy* the backward pass is
     H mu = g,    dL/dtheta = -mu^T dF/dtheta,
 
 with H = dF/dy: one n x n solve and one vector-Jacobian product per problem, whatever the number
-of solver iterations: the residual's own ``fn.pullback(y, mu, g_cost, *args)`` where it has one
-(closed form), else a double backward through F. ``hessian="gauss-newton"`` takes H = J^T J
+of solver iterations: the residual's own ``fn.pullback(y, mu, g_cost, *args, wanted=indices)``
+where it has one (closed form; it may return None for the arguments not in ``wanted``), else a double backward through F. ``hessian="gauss-newton"`` takes H = J^T J
 (the residual's normal equations): exact when r is linear in y, even where r does not vanish,
 and close to exact near a zero residual. ``hessian="exact"`` takes dF/dy with the second
 derivatives of r: the residual's own ``fn.hessian(y, *prepared)`` where it has one (or
@@ -110,7 +110,7 @@ class _ImplicitSolve(torch.autograd.Function):
         elif hasattr(ctx.fn, "hessian"):  # a structured residual's own d(J^T r)/dy
             mu = _general_solve(ctx.fn.hessian(y, *detached), g_value)
         if mu is not None and hasattr(ctx.fn, "pullback"):  # its own d(-mu . F + g_cost cost)/dargs
-            pulled = ctx.fn.pullback(y, mu, g_cost, *args, **linearised)
+            pulled = ctx.fn.pullback(y, mu, g_cost, *args, wanted=frozenset(wanted), **linearised)
             grads = [pulled[i] for i in wanted]
         else:
             for i in wanted:

@@ -6,7 +6,8 @@
 # every STEPS / 4; ~6 min for PI-SC and ~25 min for PI-HC on one core). Paper scale needs a GPU.
 # On 32^2 x 17 the exact solution's own discrete residual (mean square 0.022) is as large as a trained loss;
 # at 64^2 x 33 it is 0.0013.
-# Usage: [SEED=N] [STEPS=N] [N=64] [NT=33] bash scripts/ns_cpu.sh [MODEL ...]   (default: sc hc moe;
+# Usage: [SEED=N] [STEPS=N] [N=64] [NT=33] bash scripts/ns_cpu.sh [MODEL ...]   (default: sc hc moe; moe_experts:
+#        MoE with model.loss_fields=experts;
 #        runs/ns_cpu_<model>_<N>x<NT>, with _s<SEED> for a seed other than 0 and _<STEPS>steps for other than 400)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -24,6 +25,7 @@ models=("$@")
 for m in "${models[@]}"; do
   case "$m" in
     sc|hc|moe) .venv/bin/sciml run "experiments/hc/navier_stokes_$m.yaml" --out "runs/ns_cpu_$m$suffix" "${scale[@]}" ;;
-    *) echo "unknown model $m (sc hc moe)" >&2; exit 2 ;;
+    moe_experts) .venv/bin/sciml run experiments/hc/navier_stokes_moe.yaml --out "runs/ns_cpu_$m$suffix" "${scale[@]}" model.loss_fields=experts ;;
+    *) echo "unknown model $m (sc hc moe moe_experts)" >&2; exit 2 ;;
   esac
 done

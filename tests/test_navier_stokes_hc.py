@@ -135,6 +135,13 @@ def test_hard_constraint_finds_the_solution_in_its_span(flow, splits):
     tol = 2e-4 if flow == "taylor_green" else 1e-9
     assert rms(w) <= 1.05 * rms(torch.tensor(exact)[None]) + 1e-10
     np.testing.assert_allclose(w[0].numpy(), exact, atol=tol * np.abs(exact).max())
+    # The experts' own fields (model.loss_fields = "experts"): the same solution, and with one
+    # expert the same residual as the derivatives of w.
+    fields = model.constrain(b, w0, t, x, x, points, fields=True)
+    np.testing.assert_allclose(fields["u"][0].numpy(), exact, atol=tol * np.abs(exact).max())
+    assert rms(fields) <= 1.05 * rms(torch.tensor(exact)[None]) + 1e-10
+    if splits == (1, 1, 1):
+        torch.testing.assert_close(model.residual(fields, t, x, x), model.residual(w, t, x, x), rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("splits", [(1, 1, 1), (1, 2, 1)])
@@ -165,17 +172,25 @@ def test_bad_settings_are_refused():
         PhysicsFNO3d(Convection())
     with pytest.raises(ConfigError, match="model.splits"):
         PhysicsFNO3d(NavierStokes2D(), splits=(2, 2), **SMALL)
+    with pytest.raises(ConfigError, match="model.loss_fields"):
+        PhysicsFNO3d(NavierStokes2D(), loss_fields="blocks", **SMALL)
+    with pytest.raises(ValueError, match="hard constraint"):
+        model = PhysicsFNO3d(NavierStokes2D(), constraint="soft", **SMALL)
+        model.constrain(torch.zeros(1, 3, 4, 4, 1), torch.zeros(1, 4, 4), np.linspace(0, 1, 3), periodic(4), periodic(4), fields=True)
     with pytest.raises(ConfigError, match="t_end"):
         NavierStokes2D(t_end=0.0)
 
 
-@pytest.mark.parametrize("variant", ["sc", "hc", "moe"])
-def test_quick_experiment_runs_end_to_end(tmp_path, variant, monkeypatch):
+@pytest.mark.parametrize("variant, extra", [("sc", []), ("hc", []), ("moe", []), ("moe", ["model.loss_fields=experts"])])
+def test_quick_experiment_runs_end_to_end(tmp_path, variant, extra, monkeypatch):
     from sciml.pipeline import run_experiment
 
     monkeypatch.chdir(tmp_path)  # the quick data file is written under data/
-    report = run_experiment(EXPERIMENTS / f"navier_stokes_{variant}.yaml", out=tmp_path / "run", quick=True, overrides=["trainer.max_steps=8"])
+    report = run_experiment(EXPERIMENTS / f"navier_stokes_{variant}.yaml", out=tmp_path / "run", quick=True,
+                            overrides=["trainer.max_steps=8", *extra])
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["model"] == {"sc": "pi_sc", "hc": "pi_hc", "moe": "pi_hc_moe"}[variant]
     assert np.isfinite(report["metrics"]["rel_l2"]) and report["metrics"]["rel_l2"] < 1.5
-    assert isinstance(load_model(tmp_path / "run" / "checkpoints" / "last.ckpt"), PhysicsFNO3d)
+    model = load_model(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert isinstance(model, PhysicsFNO3d)
+    assert model.loss_fields == ("experts" if extra else "stitched")

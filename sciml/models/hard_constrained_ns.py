@@ -51,14 +51,24 @@ class PhysicsFNO3d(Checkpointed, L.LightningModule):
         solver: the hard layer's sampled points, ridge, tolerance, steps and executor
             (``row_weight`` is unused: there are no IC/BC rows, the ansatz holds them).
         schedule: the optimiser.
+        loss_fields: what the physics loss differentiates under MoE: "stitched" (the stitched
+            w's derivatives, spectral in x and y: a jump between experts' blocks rings over the
+            whole period and is penalised) or "experts" (each grid point's fields from its own
+            expert's coefficients, as the solve sees them: no coupling between experts). The
+            same with one expert.
     """
 
     model_name = "pi_hc"
 
     def __init__(self, pde: PDE, constraint: str = "hard", splits: Sequence[int] = (1, 1, 1), basis: int = 64,
                  width: int = 64, layers: int = 8, modes: Sequence[int] = (8, 8, 8),
-                 solver: SolverConfig | dict | None = None, schedule: ScheduleConfig | dict | None = None):
+                 solver: SolverConfig | dict | None = None, schedule: ScheduleConfig | dict | None = None,
+                 loss_fields: str = "stitched"):
         super().__init__()
+        if loss_fields not in ("experts", "stitched"):
+            raise ConfigError(f"model.loss_fields (={loss_fields!r}) must be 'experts' (each point's fields from its own "
+                              "expert's coefficients) or 'stitched' (derivatives of the stitched w).")
+        self.loss_fields = loss_fields
         if constraint not in ("soft", "hard"):
             raise ConfigError(f"model.constraint (={constraint!r}) must be 'soft' (PI-SC) or 'hard' (PI-HC).")
         if not isinstance(pde, NavierStokes2D):
@@ -73,7 +83,7 @@ class PhysicsFNO3d(Checkpointed, L.LightningModule):
         self.save_hyperparameters({
             "pde": pde.to_config(), "constraint": constraint, "splits": list(self.splits), "basis": int(basis),
             "width": int(width), "layers": int(layers), "modes": [int(m) for m in modes],
-            "solver": asdict(self.solver_cfg), "schedule": asdict(self.schedule),
+            "solver": asdict(self.solver_cfg), "schedule": asdict(self.schedule), "loss_fields": loss_fields,
         })
         self.history: dict[str, list[float]] = {"loss": []}
         self._layers: dict[tuple[int, int, int], HardConstraint] = {}
@@ -110,8 +120,16 @@ class PhysicsFNO3d(Checkpointed, L.LightningModule):
         return bases, offsets
 
     # -- prediction -----------------------------------------------------------------------------------
-    def constrain(self, b: Tensor, w0: Tensor, t: np.ndarray, x: np.ndarray, y: np.ndarray, points: Tensor | None = None) -> Tensor:
-        """w [batch, nt, nx, ny] from the network's bases b [batch, nt, nx, ny, N] and w0 [batch, nx, ny]."""
+    def constrain(self, b: Tensor, w0: Tensor, t: np.ndarray, x: np.ndarray, y: np.ndarray, points: Tensor | None = None,
+                  fields: bool = False) -> Tensor | dict[str, Tensor]:
+        """w [batch, nt, nx, ny] from the network's bases b [batch, nt, nx, ny, N] and w0 [batch, nx, ny].
+        With ``fields`` (hard constraint only), the residual's fields instead, {name: [batch, nt, nx, ny]},
+        each grid point's from its own expert's coefficients."""
+        if fields:
+            if self.constraint == "soft":
+                raise ValueError("`fields` needs the hard constraint: the soft one's fields are those of its w.")
+            bases, offsets = self.ansatz_fields(b, w0, t, x, y)
+            return self._layer(tuple(b.shape[1:4]))(bases, offsets, points=points, return_fields=True)
         if self.constraint == "soft":
             s = torch.as_tensor((t - t[0]) / (t[-1] - t[0]), dtype=b.dtype, device=b.device).reshape(1, -1, 1, 1)
             c = b[..., 0]
@@ -123,23 +141,31 @@ class PhysicsFNO3d(Checkpointed, L.LightningModule):
         # of t only, zero at t = 0), the projection onto the fields with w0's mean (no-op for K = 1).
         return w - (w - w0[:, None]).mean(dim=(2, 3), keepdim=True) if layer.partition.experts > 1 else w
 
+    def _bases(self, w0: Tensor, nt: int) -> Tensor:
+        """The network's bases [batch, nt, nx, ny, N] for w0 [batch, nx, ny]."""
+        return self.net(w0[:, None, None].expand(-1, 1, nt, -1, -1)).permute(0, 2, 3, 4, 1)
+
     def forward(self, w0: Tensor, t: np.ndarray, x: np.ndarray, y: np.ndarray) -> Tensor:
         """w [batch, n_t, n_x, n_y] from w0 [batch, n_x, n_y] on the grid (t, x, y)."""
         nt = len(t)
         if len(t) < 3 or w0.shape[1:] != (len(x), len(y)):
             raise ValueError(f"`w0` of shape {tuple(w0.shape)} must be [batch, {len(x)}, {len(y)}] for the grid x, y, and `t` needs >= 3 times (got {nt}).")
-        b = self.net(w0[:, None, None].expand(-1, 1, nt, -1, -1)).permute(0, 2, 3, 4, 1)  # [batch, nt, nx, ny, N]
+        b = self._bases(w0, nt)
         points = None
         if self.constraint == "hard" and not self.training:  # fixed points in evaluation: repeatable predictions
             points = self._layer((nt, len(x), len(y))).sample_points(torch.Generator().manual_seed(0))
         return self.constrain(b, w0, t, x, y, points)
 
     # -- training ---------------------------------------------------------------------------------------
-    def residual(self, w: Tensor, t: np.ndarray, x: np.ndarray, y: np.ndarray) -> Tensor:
-        """The PDE residual of w [batch, nt, nx, ny] on its whole grid."""
-        f = {k: v[..., 0] for k, v in grid_fields(w[..., None], self._names(), self._spacing(t, x, y), _PERIODIC, _AXES).items()}
+    def residual(self, w: Tensor | dict[str, Tensor], t: np.ndarray, x: np.ndarray, y: np.ndarray) -> Tensor:
+        """The PDE residual on the whole grid of w [batch, nt, nx, ny] (its derivatives), or of the
+        fields {name: [batch, nt, nx, ny]} given (``constrain(..., fields=True)``)."""
+        if isinstance(w, dict):
+            f = dict(w)
+        else:
+            f = {k: v[..., 0] for k, v in grid_fields(w[..., None], self._names(), self._spacing(t, x, y), _PERIODIC, _AXES).items()}
         if "f" in self.pde.fields:
-            f["f"] = torch.as_tensor(self.pde.forcing_field(x, y), dtype=w.dtype, device=w.device)
+            f["f"] = torch.as_tensor(self.pde.forcing_field(x, y), dtype=f["u"].dtype, device=f["u"].device)
         return self.pde.residual(f)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -147,7 +173,10 @@ class PhysicsFNO3d(Checkpointed, L.LightningModule):
         grid = getattr(dm, "train_grid", None) or dm.grid  # the training window, if the data module cuts one
         t, x, y = grid["t"], grid["x"], grid["y"]
         w0 = batch["u0"]
-        loss = self.residual(self(w0, t, x, y), t, x, y).pow(2).mean()
+        if self.loss_fields == "experts" and self.constraint == "hard":
+            loss = self.residual(self.constrain(self._bases(w0, len(t)), w0, t, x, y, fields=True), t, x, y).pow(2).mean()
+        else:
+            loss = self.residual(self(w0, t, x, y), t, x, y).pow(2).mean()
         if not torch.isfinite(loss):
             raise TrainingError(f"the {self.model_name} loss became {float(loss)} at step {self.global_step}; lower "
                                 f"model.schedule.lr (={self.schedule.lr}) or keep trainer.gradient_clip_val set.")

@@ -49,6 +49,38 @@ def test_fft_and_finite_difference_derivatives_are_accurate():
     assert 3.5 < errors[0] / errors[1] < 4.5  # second order, boundaries included
 
 
+def test_spectral_fields_share_one_transform_and_are_exact_for_trigonometric_polynomials():
+    """Every spectral field at once (one shared forward transform): exact on an odd t size and even
+    x and y sizes, including x's and y's Nyquist modes, which first derivatives drop and second
+    ones keep; psi (-lap psi = u, mean zero) over x and y only, with a periodic t axis present."""
+    nt, nx, ny = 5, 12, 16
+    t, x, y = (torch.arange(n, dtype=F64) / n for n in (nt, nx, ny))
+    T, X, Y = torch.meshgrid(t, x, y, indexing="ij")
+    k = 2 * math.pi
+    nyq, nyq_x = math.pi * ny, math.pi * nx  # the Nyquist wavenumbers
+    mixed = torch.cos(nyq_x * X) * torch.cos(k * Y)  # x's Nyquist mode times a y mode: its x derivative is dropped
+    u = torch.sin(k * X) * torch.cos(2 * k * Y) * torch.cos(k * T) + 0.5 * torch.cos(nyq * Y) + 0.3 * torch.cos(nyq_x * X) + 0.2 * mixed + 0.25
+    names = ("u", "u_t", "u_x", "u_y", "u_xx", "u_yy", "psi", "psi_x", "psi_y")
+    f = {n: v[0, ..., 0] for n, v in grid_fields(u[None, ..., None], names, {"t": 1 / nt, "x": 1 / nx, "y": 1 / ny},
+                                                    {"t": True, "x": True, "y": True}, {"t": 1, "x": 2, "y": 3}).items()}
+    smooth = torch.sin(k * X) * torch.cos(2 * k * Y) * torch.cos(k * T)
+    expect = {
+        "u_t": -k * torch.sin(k * X) * torch.cos(2 * k * Y) * torch.sin(k * T),
+        "u_x": k * torch.cos(k * X) * torch.cos(2 * k * Y) * torch.cos(k * T),
+        "u_y": -2 * k * torch.sin(k * X) * torch.sin(2 * k * Y) * torch.cos(k * T) - 0.2 * k * torch.cos(nyq_x * X) * torch.sin(k * Y),
+        "u_xx": -k**2 * smooth - 0.3 * nyq_x**2 * torch.cos(nyq_x * X) - 0.2 * nyq_x**2 * mixed,
+        "u_yy": -4 * k**2 * smooth - 0.5 * nyq**2 * torch.cos(nyq * Y) - 0.2 * k**2 * mixed,
+        "psi": smooth / (5 * k**2) + 0.5 * torch.cos(nyq * Y) / nyq**2 + 0.3 * torch.cos(nyq_x * X) / nyq_x**2
+        + 0.2 * mixed / (nyq_x**2 + k**2),  # the mean ignored
+        "psi_x": k * torch.cos(k * X) * torch.cos(2 * k * Y) * torch.cos(k * T) / (5 * k**2),
+        "psi_y": -2 * k * torch.sin(k * X) * torch.sin(2 * k * Y) * torch.cos(k * T) / (5 * k**2)
+        - 0.2 * k * torch.cos(nyq_x * X) * torch.sin(k * Y) / (nyq_x**2 + k**2),
+    }
+    for name, want in expect.items():
+        torch.testing.assert_close(f[name], want, atol=1e-10 * float(want.abs().max()), rtol=0, msg=name)
+    torch.testing.assert_close(derivative(u, 2, 1 / ny, 2, periodic=True), expect["u_yy"], atol=1e-8, rtol=0)
+
+
 @pytest.mark.parametrize("periodic", [{}, {"x": True}])
 def test_grid_fields_at_points_equal_the_whole_grid_fields_there(periodic):
     """Values and gradients at interior, edge and corner points, finite-difference and spectral axes."""

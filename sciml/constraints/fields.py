@@ -25,13 +25,7 @@ def derivative(b: Tensor, dim: int, spacing: float, order: int = 1, periodic: bo
         raise ValueError(f"`order` (={order}) must be 1 or 2.")
     n = b.shape[dim]
     if periodic:
-        k = 2 * math.pi * torch.fft.fftfreq(n, d=spacing, device=b.device, dtype=b.dtype)
-        if order == 1 and n % 2 == 0:
-            k[n // 2] = 0  # the Nyquist mode has no real first derivative
-        shape = [1] * b.ndim
-        shape[dim] = n
-        factor = (1j * k) ** order  # complex of b's precision
-        return torch.fft.ifft(torch.fft.fft(b, dim=dim) * factor.reshape(shape), dim=dim).real
+        return _spectral(b, (dim,), (spacing,), [((order,), ())])[0]
     if n < 3:
         raise ValueError(f"a finite-difference derivative needs >= 3 points along dim {dim}, got {n}.")
     x = b.movedim(dim, 0)
@@ -59,20 +53,40 @@ def stream_function(b: Tensor, dims: tuple[int, int], spacing: tuple[float, floa
     """
     if any(o not in (0, 1) for o in order):
         raise ValueError(f"`order` (={order}) must hold 0 or 1 per axis: psi and its first derivatives.")
-    factor, k2 = 1, 0
-    for dim, h, o in zip(dims, spacing, order):
-        n = b.shape[dim]
+    return _spectral(b, tuple(dims), tuple(spacing), [(tuple(order), (0, 1))])[0]
+
+
+def _spectral(b: Tensor, dims: tuple[int, ...], spacing: tuple[float, ...], requests: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> list[Tensor]:
+    """Spectral fields of real b on its periodic ``dims``, one per request: (the derivative's
+    order along each of ``dims``, the positions in ``dims`` of a stream function's plane: the
+    field is then divided by |k|^2 over them, mean zero; () for none), from one shared real
+    transform: one forward FFT for every field, one inverse each. Odd derivatives drop the
+    Nyquist mode (it has no real first derivative)."""
+    sizes = [b.shape[d] for d in dims]
+    freq = []
+    for j, (d, n, h) in enumerate(zip(dims, sizes, spacing)):
+        k = 2 * math.pi * (torch.fft.rfftfreq if j == len(dims) - 1 else torch.fft.fftfreq)(n, d=h, device=b.device, dtype=b.dtype)
         shape = [1] * b.ndim
-        shape[dim] = n
-        k = 2 * math.pi * torch.fft.fftfreq(n, d=h, device=b.device, dtype=b.dtype).reshape(shape)
-        k2 = k2 + k**2
-        if o:
-            ik = 1j * k
-            if n % 2 == 0:
-                ik.select(dim, n // 2).zero_()  # the Nyquist mode has no real first derivative
+        shape[d] = len(k)
+        freq.append(k.reshape(shape))
+    spectrum = torch.fft.rfftn(b, dim=dims)
+    out = []
+    for orders, psi in requests:
+        factor = 1
+        for j, (k, o, n) in enumerate(zip(freq, orders, sizes)):
+            if o == 0:
+                continue
+            ik = (1j * k) ** o
+            if o % 2 and n % 2 == 0:
+                nyquist = n // 2 if j < len(dims) - 1 else k.numel() - 1
+                ik = ik.clone()
+                ik.view(-1)[nyquist] = 0  # k is 1 x ... x n x ... x 1: its flat index is the mode's
             factor = factor * ik
-    factor = factor * torch.where(k2 > 0, 1 / k2.clamp_min(1e-30), torch.zeros_like(k2))
-    return torch.fft.ifft2(torch.fft.fft2(b, dim=dims) * factor, dim=dims).real
+        if psi:
+            k2 = sum(freq[j] ** 2 for j in psi)
+            factor = factor * torch.where(k2 > 0, 1 / k2.clamp_min(1e-30), torch.zeros_like(k2))
+        out.append(torch.fft.irfftn(spectrum * factor, s=sizes, dim=dims))
+    return out
 
 
 def grid_fields(b: Tensor, names: tuple[str, ...], spacing: dict[str, float], periodic: dict[str, bool], axes: dict[str, int]) -> dict[str, Tensor]:
@@ -81,21 +95,29 @@ def grid_fields(b: Tensor, names: tuple[str, ...], spacing: dict[str, float], pe
     "psi_y" (:func:`stream_function`).
 
     ``axes`` maps an axis name ("t", "x", "y") to its dim in b; ``spacing`` and ``periodic`` are
-    per axis. E.g. names ("u", "u_t", "u_xx") on b [batch, n_t, n_x, n].
+    per axis. E.g. names ("u", "u_t", "u_xx") on b [batch, n_t, n_x, n]. The spectral fields
+    (derivatives along periodic axes, psi) share one forward transform of b over those axes.
     """
     out: dict[str, Tensor] = {}
+    spectral: dict[str, tuple[dict[str, int], bool]] = {}  # name: (orders per axis, whether of psi)
     for name in names:
         _check_field(name, periodic, axes)
         if name == "u":
             out[name] = b
-            continue
-        if name in ("psi", "psi_x", "psi_y"):
-            order = (int(name == "psi_x"), int(name == "psi_y"))
-            out[name] = stream_function(b, (axes["x"], axes["y"]), (spacing["x"], spacing["y"]), order)
-            continue
-        axis = name[2]
-        out[name] = derivative(b, axes[axis], spacing[axis], order=len(name) - 2, periodic=periodic.get(axis, False))
-    return out
+        elif name in ("psi", "psi_x", "psi_y"):
+            spectral[name] = ({"x": int(name == "psi_x"), "y": int(name == "psi_y")}, True)
+        elif periodic.get(name[2], False):
+            spectral[name] = ({name[2]: len(name) - 2}, False)
+        else:
+            axis = name[2]
+            out[name] = derivative(b, axes[axis], spacing[axis], order=len(name) - 2)
+    if spectral:
+        used = sorted({a for orders, psi in spectral.values() for a in (("x", "y") if psi else orders)}, key=lambda a: axes[a])
+        fields = _spectral(b, tuple(axes[a] for a in used), tuple(spacing[a] for a in used),
+                           [(tuple(orders.get(a, 0) for a in used), (used.index("x"), used.index("y")) if psi else ())
+                            for orders, psi in spectral.values()])
+        out.update(zip(spectral, fields))
+    return {name: out[name] for name in names}
 
 
 def _check_field(name: str, periodic: dict[str, bool], axes: dict[str, int]) -> None:

@@ -127,7 +127,9 @@ def evaluate_model(model: L.LightningModule, dm: L.LightningDataModule, out: str
     operator models (``predict_samples``) on every sample of the test split, metrics averaged over
     them, with each sample's ``rel_l2`` in ``per_case``. A data module that trains on an early
     time window (``train_t_max``) adds the metrics inside it (``interp/rel_l2``, ...: t <=
-    train_t_max) and beyond it (``extrap/rel_l2``, ...: t > train_t_max).
+    train_t_max) and beyond it (``extrap/rel_l2``, ...: t > train_t_max), both cut from the
+    prediction on the whole span, and ``window/rel_l2``, ...: the window predicted on its own grid,
+    the one the model trained on (an FNO's bases depend on the grid's extent, so the two differ).
     """
     if getattr(model, "evaluation", None) == "conservation":  # probabilistic models: ProbConserv's protocol
         from .studies.probconserv import evaluate_conservation
@@ -139,7 +141,7 @@ def evaluate_model(model: L.LightningModule, dm: L.LightningDataModule, out: str
     dm.setup("test")
     t0 = time.perf_counter()
     if hasattr(model, "predict_samples"):
-        x, t, true, pred, cases = _predict_test_split(model, dm)
+        x, t, true, pred, cases, u0 = _predict_test_split(model, dm)
     else:
         x, t, true = dm.x, dm.t, dm.u[None]
         pred = model.predict_grid(x, t)[None]
@@ -148,7 +150,10 @@ def evaluate_model(model: L.LightningModule, dm: L.LightningDataModule, out: str
         raise TrainingError(f"the trained model predicts NaN/Inf at {int(np.sum(~np.isfinite(pred)))} grid points: training diverged; lower the learning rate or check the loss curve in {out}.")
     metrics = compute_metrics(pred, true)
     if hasattr(model, "predict_samples") and getattr(dm, "train_t_max", None) is not None:
-        metrics |= window_metrics(pred, true, len(dm.train_grid["t"]))
+        n_train_t = len(dm.train_grid["t"])
+        metrics |= window_metrics(pred, true, n_train_t)
+        window = _predict(model, u0, dm.train_grid["t"], dm.grid)
+        metrics |= {f"window/{k}": v for k, v in compute_metrics(window, true[:, :n_train_t]).items()}
     per_case = []
     for case, p, u in zip(cases, pred, true):
         one = compute_metrics(p[None], u[None])
@@ -186,8 +191,14 @@ def window_metrics(pred: np.ndarray, true: np.ndarray, n_train_t: int) -> dict[s
     return {f"{name}/{k}": v for name, window in windows.items() for k, v in compute_metrics(pred[:, window], true[:, window]).items()}
 
 
+def _predict(model: L.LightningModule, u0: np.ndarray, t: np.ndarray, grid: dict[str, np.ndarray]) -> np.ndarray:
+    """The model's prediction from u0 at times t on the data module's spatial grid."""
+    # 2D grids pass y too (models of one space dimension take (u0, t, x)).
+    return model.predict_samples(u0, t, grid["x"], y=grid["y"]) if "y" in grid else model.predict_samples(u0, t, grid["x"])
+
+
 def _predict_test_split(model: L.LightningModule, dm: L.LightningDataModule):
-    """(x, t, true [n, nt, nx], pred [n, nt, nx], cases) over the data module's test split."""
+    """(x, t, true [n, nt, nx], pred [n, nt, nx], cases, u0 [n, nx]) over the data module's test split."""
     split = dm.splits["test"]
     if len(split) == 0:
         raise ConfigError("the test split is empty; raise data.test_fraction or generate more samples.")
@@ -195,9 +206,8 @@ def _predict_test_split(model: L.LightningModule, dm: L.LightningDataModule):
     true = np.stack([it["u"].double().numpy() for it in items])
     u0 = np.stack([it["u0"].double().numpy() for it in items])
     x, t = dm.grid["x"], dm.grid["t"]
-    # 2D grids pass y too (models of one space dimension take (u0, t, x)).
-    pred = model.predict_samples(u0, t, x, y=dm.grid["y"]) if "y" in dm.grid else model.predict_samples(u0, t, x)
-    return x, t, true, pred, [{"case": {"sample": int(it["index"])}} for it in items]
+    pred = _predict(model, u0, t, dm.grid)
+    return x, t, true, pred, [{"case": {"sample": int(it["index"])}} for it in items], u0
 
 
 def evaluate_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> dict[str, Any]:

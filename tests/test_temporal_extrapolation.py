@@ -76,7 +76,22 @@ def test_quick_extrapolation_experiment_trains_on_the_window_and_reports_both(tm
                             overrides=["data.n_samples=6", "data.generator_params={nx: 16, nt: 26}", "data.path=data/ds.h5",
                                        "data.batch_size=2", "trainer.max_steps=2", "model.solver={points: 60, max_steps: 10}"])
     m = report["metrics"]
-    for key in ("rel_l2", "nrmse", "interp/rel_l2", "interp/nrmse", "extrap/rel_l2", "extrap/nrmse", "extrap/max_abs_err"):
+    for key in ("rel_l2", "nrmse", "interp/rel_l2", "interp/nrmse", "extrap/rel_l2", "extrap/nrmse", "extrap/max_abs_err",
+                "window/rel_l2", "window/nrmse"):
         assert np.isfinite(m[key]), key
-    assert set(seen) == {(True, 21), (False, 26)}  # t <= 400 of the 26 times in [0, 500]
+    # Training and the window/ metrics see t <= 400 (21 of the 26 times in [0, 500]); the rest the whole span.
+    assert set(seen) == {(True, 21), (False, 26), (False, 21)}
+    # window/: the window predicted on its own grid, which differs from the window cut from the whole span.
+    from sciml.config import load_config
+    from sciml.models import load_model
+    from sciml.pipeline import _predict_test_split, instantiate
+
+    model = load_model(tmp_path / "run" / "checkpoints" / "last.ckpt").eval()
+    dm = instantiate(*load_config(tmp_path / "run" / "config.yaml")).data
+    dm.prepare_data()
+    dm.setup("test")
+    _, _, true, _, _, u0 = _predict_test_split(model, dm)
+    window = model.predict_samples(u0, dm.train_grid["t"], dm.grid["x"])
+    assert m["window/rel_l2"] == pytest.approx(compute_metrics(window, true[:, :21])["rel_l2"], rel=1e-6)
+    assert m["window/rel_l2"] != pytest.approx(m["interp/rel_l2"], rel=1e-6)
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]["extrap/rel_l2"] == m["extrap/rel_l2"]

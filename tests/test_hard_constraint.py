@@ -285,9 +285,9 @@ def test_structured_normal_equations_hessian_and_pullback_equal_autograd(pde_nam
 
 @pytest.mark.parametrize("ridge", [0.0, 1e-3])
 def test_condensed_rows_give_the_cost_of_the_rows_evaluated(ridge):
-    """The forward solve condenses the linear rows and the ridge to n x n once per solve; its
-    cost must equal the plain residual's where A^T A is singular: an expert with no rows (all
-    zero padding), fewer rows than coefficients, two equal columns; at random points and at the
+    """The forward solve condenses the linear rows to their QR factor once per solve; its cost
+    must equal the plain residual's where A^T A is singular: an expert with no rows (all zero
+    padding), fewer rows than coefficients, two equal columns; at random points and at the
     solution, where the cost is smallest."""
     from sciml.constraints._solve import normal_equations, prepare
     from sciml.constraints.hard import _Residual
@@ -309,6 +309,35 @@ def test_condensed_rows_give_the_cost_of_the_rows_evaluated(ridge):
         with torch.no_grad():
             cost = normal_equations(fn, w, prepare(fn, args))[0]
         torch.testing.assert_close(cost, 0.5 * fn(w, *args).pow(2).sum(-1), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("tiny, ridge, noise", [(3e-8, 0.0, 0.1), (3e-7, 0.0, 1.0), (1e-6, 1e-10, 1.0)])
+def test_condensed_rows_keep_the_precision_of_the_rows_evaluated(tiny, ridge, noise):
+    """Rows with two nearly equal columns and targets they cannot fit: the rows' own least-squares
+    solution is huge (|w| ~ 1e6), far from the whole problem's. A cost condensed through A^T A
+    about that point lost ~1e-2 of the cost and Levenberg-Marquardt stalled; the QR factor keeps
+    the precision of the rows evaluated directly (the path autograd takes): same statuses, steps,
+    solution and cost."""
+    from sciml.constraints import LevenbergMarquardt, UnrolledAdjoint
+    from sciml.constraints.hard import _Residual
+    from sciml.pdes import Burgers
+
+    pde = Burgers(nu=0.05)
+    names = tuple(pde.fields)
+    g = torch.Generator().manual_seed(0)
+    bases = [torch.randn(6, 60, 8, generator=g, dtype=F64) for _ in names]
+    w_true = torch.randn(6, 8, generator=g, dtype=F64)
+    offsets = [-(m @ w_true[..., None])[..., 0] + 0.01 * torch.randn(6, 60, generator=g, dtype=F64) for m in bases]
+    a = torch.randn(6, 30, 8, generator=g, dtype=F64)
+    a[:, :, 7] = a[:, :, 0] + tiny * torch.randn(6, 30, generator=g, dtype=F64)
+    b = (a @ w_true[..., None])[..., 0] + noise * torch.randn(6, 30, generator=g, dtype=F64)
+    fn, args, y0 = _Residual(pde, names, ridge, 1.0), [*bases, *offsets, a, b], torch.zeros(6, 8, dtype=F64)
+    condensed = least_squares(fn, y0, args, solver=LevenbergMarquardt(), max_steps=100, throw=False)
+    with torch.enable_grad():  # the unrolled adjoint's path: the rows evaluated at every step
+        direct = least_squares(fn, y0, args, solver=LevenbergMarquardt(), adjoint=UnrolledAdjoint(), max_steps=100, throw=False)
+    assert bool(condensed.successful.all()) and condensed.steps == direct.steps
+    torch.testing.assert_close(condensed.value, direct.value.detach(), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(condensed.cost, 0.5 * fn(condensed.value, *args).pow(2).sum(-1), rtol=1e-12, atol=1e-14)
 
 
 def test_dropping_converged_problems_changes_nothing():

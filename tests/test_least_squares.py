@@ -178,3 +178,27 @@ def test_unknown_hessian_is_refused():
 def test_gauss_newton_implicit_gradients_are_exact_for_a_linear_residual_that_does_not_vanish():
     a, b = problem(seed=7)  # 30 rows, 4 unknowns: a nonzero least-squares residual
     _check_gradients(linear, ImplicitAdjoint(), a, b, square=False)
+
+
+class _LinearWithPullback:
+    """linear() with its closed-form pullback, in the form a user residual may have: without the
+    ``wanted`` keyword the adjoint offers residuals that take it."""
+
+    def __call__(self, y, a, b):
+        return linear(y, a, b)
+
+    def pullback(self, y, mu, g_cost, a, b):
+        r, a_mu, g = linear(y, a, b), (a @ mu.unsqueeze(-1)).squeeze(-1), g_cost.unsqueeze(-1)
+        grad_a = ((g * r - a_mu).unsqueeze(-1) * y.unsqueeze(-2)) - r.unsqueeze(-1) * mu.unsqueeze(-2)
+        return grad_a, a_mu - g * r
+
+
+def test_a_residuals_own_pullback_without_the_wanted_keyword_is_used():
+    a, b = problem(seed=3)
+    grads = []
+    for fn in (linear, _LinearWithPullback()):
+        leaves = [a.clone().requires_grad_(True), b.clone().requires_grad_(True)]
+        sol = least_squares(fn, torch.zeros(3, 4, dtype=F64), leaves, solver=GaussNewton())
+        grads.append(torch.autograd.grad((sol.value * torch.arange(4.0, dtype=F64)).sum() + sol.cost.sum(), leaves))
+    for ours, autograd in zip(*reversed(grads)):
+        torch.testing.assert_close(ours, autograd, rtol=1e-10, atol=1e-12)

@@ -6,7 +6,9 @@ A residual ``fn(y [batch, n], *args) -> r [batch, m]`` may offer, besides its va
 - ``fn.normal_equations(y, *args) -> (cost, J^T r, J^T J)``, used instead of forming J at all
   (a structured residual sums its rows' contributions without concatenating them);
 - ``fn.prepare(*args) -> args'``, called once per solve: what ``normal_equations`` then gets
-  instead of ``args`` (e.g. with the Gram matrix of its linear rows computed once);
+  instead of ``args`` (e.g. with the Gram matrix of its linear rows computed once), and
+  ``fn.prepare_backward(*args)``, the same for the implicit adjoint's backward where it can be
+  cheaper (it evaluates the normal equations once, at the solution);
 - ``fn.per_problem_args = True``: every tensor argument has the problems along its first axis,
   so the loop may drop converged problems from the arguments (they stop costing anything).
 """
@@ -40,8 +42,12 @@ def jacobian(fn: Residual, y: Tensor, args: Sequence[Tensor]) -> tuple[Tensor, T
     return r, cols.permute(1, 2, 0)
 
 
-def prepare(fn: Residual, args: Sequence[Tensor]) -> tuple:
-    """The arguments :func:`normal_equations` takes: ``fn.prepare(*args)`` where offered."""
+def prepare(fn: Residual, args: Sequence[Tensor], backward: bool = False) -> tuple:
+    """The arguments :func:`normal_equations` takes: ``fn.prepare(*args)`` where offered; for the
+    adjoint's backward (one set of normal equations, no solve) ``fn.prepare_backward(*args)``
+    where the residual offers a cheaper one."""
+    if backward and hasattr(fn, "prepare_backward"):
+        return tuple(fn.prepare_backward(*args))
     return tuple(fn.prepare(*args)) if hasattr(fn, "prepare") else tuple(args)
 
 

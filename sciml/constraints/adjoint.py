@@ -7,8 +7,9 @@ gradient g = dL/dy* the backward pass is
     H mu = g,    dL/dtheta = -mu^T dF/dtheta,
 
 with H = dF/dy: one n x n solve and one vector-Jacobian product per problem, whatever the number
-of solver iterations: the residual's own ``fn.pullback(y, mu, g_cost, *args, wanted=indices)``
-where it has one (closed form; it may return None for the arguments not in ``wanted``), else a double backward through F. ``hessian="gauss-newton"`` takes H = J^T J
+of solver iterations: the residual's own ``fn.pullback(y, mu, g_cost, *args)`` where it has one
+(closed form; given ``wanted=indices`` where it takes that keyword, it may return None for the
+other arguments), else a double backward through F. ``hessian="gauss-newton"`` takes H = J^T J
 (the residual's normal equations): exact when r is linear in y, even where r does not vanish,
 and close to exact near a zero residual. ``hessian="exact"`` takes dF/dy with the second
 derivatives of r: the residual's own ``fn.hessian(y, *prepared)`` where it has one (or
@@ -23,6 +24,7 @@ attached here.
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -100,7 +102,7 @@ class _ImplicitSolve(torch.autograd.Function):
             return (None,) * (5 + len(args))
         g_value = torch.zeros_like(y) if g_value is None else g_value
         g_cost = torch.zeros(y.shape[:1], dtype=y.dtype, device=y.device) if g_cost is None else g_cost
-        detached = prepare(ctx.fn, args)
+        detached = prepare(ctx.fn, args, backward=True)
         mu, linearised = None, {}
         if ctx.hessian == "gauss-newton":
             mu = spd_solve(normal_equations(ctx.fn, y, detached)[2], g_value)
@@ -110,7 +112,8 @@ class _ImplicitSolve(torch.autograd.Function):
         elif hasattr(ctx.fn, "hessian"):  # a structured residual's own d(J^T r)/dy
             mu = _general_solve(ctx.fn.hessian(y, *detached), g_value)
         if mu is not None and hasattr(ctx.fn, "pullback"):  # its own d(-mu . F + g_cost cost)/dargs
-            pulled = ctx.fn.pullback(y, mu, g_cost, *args, wanted=frozenset(wanted), **linearised)
+            extra = {"wanted": frozenset(wanted)} if _accepts(ctx.fn.pullback, "wanted") else {}
+            pulled = ctx.fn.pullback(y, mu, g_cost, *args, **extra, **linearised)
             grads = [pulled[i] for i in wanted]
         else:
             for i in wanted:
@@ -128,6 +131,15 @@ class _ImplicitSolve(torch.autograd.Function):
         for i, g in zip(wanted, grads):
             out[i] = torch.zeros_like(args[i]) if g is None else g
         return (None, None, None, None, None, *out)
+
+
+def _accepts(method: Callable, keyword: str) -> bool:
+    """Whether ``method`` takes the keyword argument (by name, or through ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == keyword or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 def _general_solve(a: Tensor, b: Tensor) -> Tensor:

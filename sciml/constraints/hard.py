@@ -27,7 +27,7 @@ from ._solution import Solution
 from .adjoint import AbstractAdjoint
 from .executors import Executor, LocalExecutor
 from .fields import GridFields
-from .solvers import AbstractSolver, spd_solve
+from .solvers import AbstractSolver
 
 
 @dataclass
@@ -144,46 +144,45 @@ class _Residual:
         return r, torch.cat([jac_pde, a, ridge], dim=1)
 
     def prepare(self, *tensors: Tensor) -> tuple[Tensor, ...]:
-        """The arguments plus, once per solve, the linear rows and the ridge condensed to n x n,
-        and a workspace for the Jacobian: G = A^T A + ridge I, A^T b, and what
-        :meth:`_linear_cost` needs.
+        """The arguments plus, once per solve, the linear rows condensed to n x n, and a workspace
+        for the Jacobian: G = A^T A + ridge I, A^T b, and the rows' QR factorisation.
 
-        The linear part of the cost, |A w - b|^2 + ridge |w|^2, equals |S d|^2 + 2 d . h + c
-        about a reference point w_r (d = w - w_r, S^T S = G, h = G w_r - A^T b computed as
-        A^T (A w_r - b) + ridge w_r, c its value at w_r): an identity for any w_r, so an
-        iteration never touches the rows (a padded expert's rows cost once per solve, not per
-        step). w_r is the part's own minimiser, so h is round-off and c >= 0; S d is formed
-        before squaring, so the rounding error is of the order of |A d| itself, as when the
-        rows are evaluated directly (the quadratic form d^T G d would lose the digits that G's
-        conditioning cancels). w_r is held fixed (the identity holds for any w_r), so gradients
-        do not flow through its solve. The rows themselves are then dropped from the arguments
-        (the loop would copy them whenever it drops converged problems)."""
+        With A = Q R (Householder, any rank) and z = Q^T b, |A w - b|^2 = |R w - z_1..n|^2 +
+        |z_n+1..|^2: an iteration evaluates the rows' cost from R alone, never touching the rows
+        (a padded expert's rows cost once per solve, not per step), to the precision of the
+        rows evaluated directly (both round R w - z, A w - b at eps |A| |w|; forms built on A^T A
+        instead lose what its conditioning cancels). G and A^T b come from R too, and the rows
+        leave the arguments (the loop would copy them whenever it drops converged problems).
+        Under autograd (the unrolled adjoint) the rows are evaluated directly instead."""
+        bases, _, (a, b) = self._split(tensors)
+        if torch.is_grad_enabled():
+            return self.prepare_backward(*tensors)
+        n, q = a.shape[-1], a.shape[-2]
+        factors, tau = torch.geqrf(a)
+        z = torch.ormqr(factors, tau, b.unsqueeze(-1), left=True, transpose=True).squeeze(-1)
+        r, z_top, rest = factors[..., : min(q, n), :].triu(), z[..., :n], z[..., n:].pow(2).sum(-1)
+        rt = r.transpose(-1, -2)
+        gram = rt @ r + self.ridge * torch.eye(n, dtype=a.dtype, device=a.device)
+        atb = (rt @ z_top.unsqueeze(-1)).squeeze(-1)
+        return (*tensors[:-2], None, None, gram, atb, r, z_top, rest, torch.empty_like(bases[0]))
+
+    def prepare_backward(self, *tensors: Tensor) -> tuple[Tensor, ...]:
+        """What the implicit adjoint's backward needs (G and A^T b, the rows kept as they are):
+        :meth:`prepare` without the factorisation, differentiable."""
         bases, _, (a, b) = self._split(tensors)
         gram = a.transpose(-1, -2) @ a + self.ridge * torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
         atb = (b.unsqueeze(-2) @ a).squeeze(-2)  # A^T b as b^T A: row-major, ~3x faster on a CPU
-        if torch.is_grad_enabled():  # the unrolled adjoint: rows evaluated directly (eigh's derivative is undefined at repeated eigenvalues)
-            return (*tensors, gram, atb, None, None, None, None, torch.empty_like(bases[0]))
-        w_ref = spd_solve(gram.detach(), atb.detach())
-        rows_ref = (a @ w_ref.unsqueeze(-1)).squeeze(-1) - b
-        h = (rows_ref.unsqueeze(-2) @ a).squeeze(-2) + self.ridge * w_ref
-        c = rows_ref.pow(2).sum(-1) + self.ridge * w_ref.pow(2).sum(-1)
-        return (*tensors[:-2], None, None, gram, atb, _root(gram), w_ref, h, c, torch.empty_like(bases[0]))  # rows no longer needed
-
-    @staticmethod
-    def _linear_cost(w: Tensor, root: Tensor, w_ref: Tensor, h: Tensor, c: Tensor) -> Tensor:
-        """|A w - b|^2 + ridge |w|^2 [problems] from the condensed rows (see :meth:`prepare`)."""
-        d = w - w_ref
-        return (root @ d.unsqueeze(-1)).squeeze(-1).pow(2).sum(-1) + 2 * (d * h).sum(-1) + c
+        return (*tensors, gram, atb, None, None, None, torch.empty_like(bases[0]))
 
     def normal_equations(self, w: Tensor, *prepared: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        *tensors, gram, atb, root, w_ref, h, c, workspace = prepared
+        *tensors, gram, atb, r_rows, z_top, rest, workspace = prepared
         bases, offsets, (a, b) = self._split(tensors)
         r, jac, _ = self._pde_jacobian(w, bases, offsets, workspace)
-        if root is None:
-            linear = ((a @ w.unsqueeze(-1)).squeeze(-1) - b).pow(2).sum(-1) + self.ridge * w.pow(2).sum(-1)
+        if r_rows is None:
+            rows = ((a @ w.unsqueeze(-1)).squeeze(-1) - b).pow(2).sum(-1)
         else:
-            linear = self._linear_cost(w, root, w_ref, h, c)
-        cost = 0.5 * (r.pow(2).sum(-1) + linear)
+            rows = ((r_rows @ w.unsqueeze(-1)).squeeze(-1) - z_top).pow(2).sum(-1) + rest
+        cost = 0.5 * (r.pow(2).sum(-1) + rows + self.ridge * w.pow(2).sum(-1))
         # J^T r as r^T J: the row-major product streams J once, ~3x faster than J^T @ r on a CPU.
         grad = torch.baddbmm(r.unsqueeze(-2) @ jac, w.unsqueeze(-2), gram, beta=1).squeeze(-2) - atb
         return cost, grad, torch.baddbmm(gram, jac.transpose(-1, -2), jac)
@@ -263,7 +262,7 @@ class _Residual:
         Y + Y^T with Y = sum_k M_k^T sum_{l >= k} diag(c_kl) M_l, c_kk = r h_kk / 2 and
         c_kl = r (h_kl + h_lk) / 2: one points x n pass and one product per field with curvature,
         in the Jacobian's workspace once J^T J is formed (no fresh points x n memory)."""
-        *tensors, gram, _, _, _, _, _, workspace = prepared
+        *tensors, gram, _, _, _, _, workspace = prepared
         bases, offsets, _ = self._split(tensors)
         r, slopes, curvature = self._second_order(self._fields(w, bases, offsets))
         jac = self._combine(slopes, bases, workspace)
@@ -382,19 +381,6 @@ class HardConstraint(nn.Module):
             a_out[:, k, : len(mine)] = a[:, mine]
             b_out[:, k, : len(mine)] = b[:, mine]
         return a_out.reshape(batch * k_exp, q_max, n), b_out.reshape(batch * k_exp, q_max)
-
-
-def _root(gram: Tensor) -> Tensor:
-    """S [batch, n, n] with S^T S = gram, for symmetric positive semi-definite gram: the
-    transposed Cholesky factor, or where that fails (singular), from the eigendecomposition."""
-    chol, info = torch.linalg.cholesky_ex(gram)
-    root = chol.transpose(-1, -2)
-    bad = info != 0
-    if bool(bad.any()):
-        values, vectors = torch.linalg.eigh(gram[bad])
-        root = root.clone()
-        root[bad] = values.clamp_min(0).sqrt().unsqueeze(-1) * vectors.transpose(-1, -2)
-    return root
 
 
 def _stitch(b: Tensor, w: Tensor, label: Tensor, offset: Tensor | None, grid: tuple[int, ...]) -> Tensor:

@@ -153,9 +153,11 @@ class _Residual:
         rows evaluated directly (both round R w - z, A w - b at eps |A| |w|; forms built on A^T A
         instead lose what its conditioning cancels). G and A^T b come from R too, and the rows
         leave the arguments (the loop would copy them whenever it drops converged problems).
-        Under autograd (the unrolled adjoint) the rows are evaluated directly instead."""
+        Under autograd (the unrolled adjoint) the rows are evaluated directly instead, and so they
+        are on a GPU: there a pass over them costs microseconds, while torch's batched QR of tall
+        matrices loops over the problems in cuSOLVER."""
         bases, _, (a, b) = self._split(tensors)
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or a.device.type == "cuda":
             return self.prepare_backward(*tensors)
         n, q = a.shape[-1], a.shape[-2]
         factors, tau = torch.geqrf(a)

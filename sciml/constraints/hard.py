@@ -82,8 +82,8 @@ class _Residual:
     fields, so its Jacobian is sum_k diag(dR/df_k) M_k, with all the pointwise derivatives
     dR/df_k from one reverse pass on point-sized vectors. The solver only needs the normal
     equations: J^T J = J_pde^T J_pde + A^T A + ridge I, where the linear rows' Gram matrix
-    A^T A is computed once per solve (``prepare``), so an iteration costs one pass over the
-    sampled points' bases and nothing of size points x points. The exact Hessian (for the
+    A^T A and (on the CPU) their QR factor are computed once per solve (``prepare``), so an
+    iteration costs one pass over the sampled points' bases and nothing of size points x points. The exact Hessian (for the
     implicit gradient at a nonzero residual) adds sum_kl M_k^T diag(r d2R/df_k df_l) M_l.
     """
 

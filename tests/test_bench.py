@@ -61,8 +61,27 @@ def test_conservation_benchmark_agrees_with_the_dense_formula(tmp_path):
     assert "| 1e+03 |" in (tmp_path / "conservation.md").read_text()
 
 
+def test_fields_benchmark_peer_computes_the_same_fields(tmp_path):
+    """The per-field complex FFTs (the peer) and our shared real transform give the same six
+    fields (float64: to round-off) on odd and even grids; the quick run writes its table."""
+    import json
+
+    from sciml.bench.fields import NAMES, ours, per_field
+
+    for n_x, n_y in ((12, 16), (15, 10)):
+        b = torch.randn(2, 5, n_x, n_y, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(n_x))
+        a, p = ours(b, 0.1), per_field(b, 0.1)
+        for k in NAMES:
+            torch.testing.assert_close(a[k], p[k], rtol=1e-12, atol=1e-12 * float(p[k].abs().max()), msg=k)
+    report = run_benchmark("fields", quick=True, out_dir=tmp_path)
+    row = report["rows"][0]
+    assert row["max_rel_difference"] < 1e-5 and row["ours_s"] > 0 and row["speedup"] > 0
+    assert json.loads((tmp_path / "fields.json").read_text())["rows"][0]["grid"] == row["grid"]
+    assert "shared rfft" in (tmp_path / "fields.md").read_text()
+
+
 @pytest.mark.parametrize("name, device, match", [
-    ("conservation", "cuda", r"runs on the CPU only \(--device cuda\); benchmarks with a GPU mode: solver"),
+    ("conservation", "cuda", r"runs on the CPU only \(--device cuda\); benchmarks with a GPU mode: fields, solver"),
     ("solver", "mps", r"--device \(='mps'\) must be cpu or cuda"),
     ("solver", "gpu0", r"--device \(='gpu0'\) is not a torch device"),
 ])

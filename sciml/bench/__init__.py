@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, str] = {
     "conservation": "sciml.bench.conservation",
     "constraint": "sciml.bench.constraint",
     "data": "sciml.bench.data",
+    "fields": "sciml.bench.fields",
     "solver": "sciml.bench.solver",
 }
 

@@ -15,7 +15,8 @@
 #   paper's 9000 do not fit the time budget), trained for at most 4 min 30 s (goal: the 4000 steps
 #   in under 4 minutes), then evaluated on its 111 test samples. About 7 minutes in all.
 # bench: `sciml bench solver --device cuda`: our solve against optimistix (JAX on the GPU) at the
-#   paper setting, and MoE scaling to 1e5 points with the GPU's peak memory. A few minutes.
+#   paper setting, and MoE scaling to 1e5 points with the GPU's peak memory; then `sciml bench
+#   fields --device cuda` (the NS basis fields, seconds). A few minutes.
 # probconserv: the ANP at the paper's size (hidden 128, batch 250, Adam 1e-4, up to 20k steps or
 #   1 min 40 s each) on diffusion, Stefan and PME, with HardC/ProbConserv evaluated from it. ~6 min.
 # Each mode fits one 10-minute command; the session's 15 minutes of device time hold two of them
@@ -40,8 +41,10 @@ commands() {  # $1: pihc|bench|probconserv, $2: output folder, $3: "gpu" or "che
     bench)
       if [ "$where" = gpu ]; then
         python3 -m sciml.cli bench solver --device cuda --out "$out/bench"
+        python3 -m sciml.cli bench fields --device cuda --out "$out/bench"
       else
         python3 -m sciml.cli bench solver --quick --out "$out/bench"
+        python3 -m sciml.cli bench fields --quick --out "$out/bench"
       fi ;;
     probconserv)  # every case runs; the status says whether any failed
       local failed=0

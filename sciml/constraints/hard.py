@@ -83,8 +83,9 @@ class _Residual:
     dR/df_k from one reverse pass on point-sized vectors. The solver only needs the normal
     equations: J^T J = J_pde^T J_pde + A^T A + ridge I, where the linear rows' Gram matrix
     A^T A and (on the CPU) their QR factor are computed once per solve (``prepare``), so an
-    iteration costs one pass over the sampled points' bases and nothing of size points x points. The exact Hessian (for the
-    implicit gradient at a nonzero residual) adds sum_kl M_k^T diag(r d2R/df_k df_l) M_l.
+    iteration costs one pass over the sampled points' bases and nothing of size points x
+    points. The exact Hessian (for the implicit gradient at a nonzero residual) adds
+    sum_kl M_k^T diag(r d2R/df_k df_l) M_l.
     """
 
     pde: PDE
@@ -213,7 +214,8 @@ class _Residual:
         optimality condition at w (what the implicit adjoint needs), in closed form.
         ``linearised``: the second item of :meth:`linearise` at the same w (saves recomputing the
         pointwise derivatives; its workspace becomes the first basis' gradient). ``wanted``: the
-        indices of the arguments whose gradients are needed (default all); the others are None.
+        indices of the arguments whose gradients are needed (default all); the rows' (A, b)
+        are None when neither is wanted, A's alone when only b's is.
 
         Per point i, with fields f_k = M_k w + c_k, slopes d_k = dR/df_k, s = sum_k d_k (M_k mu)
         and q_k = sum_l d2R/df_k df_l (M_l mu):

@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--sample", type=int, default=0, help="which sample (default 0)")
 
     b = sub.add_parser("bench", help="side-by-side benchmarks against peers (see benchmarks/RESULTS.md)", parents=[common])
-    b.add_argument("name", metavar="NAME", help="constraint (our layer vs cvxpylayers; also runs solver), solver (our PI-HC solve vs optimistix, MoE scaling), conservation (ProbConserv update vs the dense formula) or data (generation throughput)")
+    b.add_argument("name", metavar="NAME", help="constraint (our layer vs cvxpylayers; also runs solver), solver (our PI-HC solve vs optimistix, MoE scaling), conservation (ProbConserv update vs the dense formula), data (generation throughput) or fields (Navier-Stokes basis fields vs a complex FFT pair per field)")
     b.add_argument("--quick", action="store_true", help="a reduced size that runs in a few minutes on a CPU")
     b.add_argument("--out", default="benchmarks/results", help="folder for NAME.json and NAME.md (default benchmarks/results)")
     b.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0: all cores)")

@@ -427,3 +427,13 @@ def test_evaluate_on_a_comparison_without_a_trained_run_names_it(capsys, tmp_pat
     (study / "config.yaml").write_text("name: s\nstudy: sciml.studies.probconserv.compare\nargs: {models: {anp: a.yaml}, seeds: 3}\n")
     code, _, err = sciml(capsys, "evaluate", study)
     assert_clean_error(code, err, "its `args` do not fit sciml.studies.probconserv.compare", "seeds")
+
+
+def test_bench_help_names_every_benchmark(capsys):
+    from sciml.bench import BENCHMARKS
+
+    code, out, _ = sciml(capsys, "bench", "--help")
+    assert code == 0
+    text = " ".join(out.split())
+    for name in BENCHMARKS:
+        assert f"{name} (" in text, name

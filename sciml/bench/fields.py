@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import platform
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import torch
 from .. import __version__
 from ..constraints.fields import grid_fields
 from . import publish
+from .solver import _sync, best_of
 
 NAMES = ("u_x", "u_y", "u_xx", "u_yy", "psi_x", "psi_y")
 AXES = {"t": 1, "x": 2, "y": 3}
@@ -62,24 +62,7 @@ def per_field(b: torch.Tensor, spacing: float) -> dict[str, torch.Tensor]:
 
 
 def ours(b: torch.Tensor, spacing: float) -> dict[str, torch.Tensor]:
-    fields = grid_fields(b, NAMES, {"t": 1.0, "x": spacing, "y": spacing}, {"x": True, "y": True}, AXES)
-    return {k: fields[k] for k in NAMES}
-
-
-def _time(fn, b: torch.Tensor, weights: dict[str, torch.Tensor], spacing: float, repeats: int, device: torch.device) -> float:
-    def once() -> None:
-        fields = fn(b, spacing)
-        torch.autograd.grad(sum((fields[k] * weights[k]).sum() for k in NAMES), b)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    once()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        once()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return grid_fields(b, NAMES, {"t": 1.0, "x": spacing, "y": spacing}, {"x": True, "y": True}, AXES)
 
 
 def measure(quick: bool, device: str = "cpu") -> dict[str, Any]:
@@ -94,9 +77,14 @@ def measure(quick: bool, device: str = "cpu") -> dict[str, Any]:
         with torch.no_grad():
             a, p = ours(b, spacing), per_field(b, spacing)
             error = max(float(((a[k] - p[k]).abs().max() / p[k].abs().max().clamp_min(1e-30))) for k in NAMES)
-        repeats = 2 if quick else 3
-        t_ours = _time(ours, b, weights, spacing, repeats, where)
-        t_peer = _time(per_field, b, weights, spacing, repeats, where)
+        def fwd_bwd(fn):
+            def once() -> None:
+                fields = fn(b, spacing)
+                torch.autograd.grad(sum((fields[k] * weights[k]).sum() for k in NAMES), b)
+                _sync(where)
+            return best_of(once, 2 if quick else 3)[0]
+
+        t_ours, t_peer = fwd_bwd(ours), fwd_bwd(per_field)
         rows.append({"grid": f"{batch}x{nt}x{n}x{n}", "basis": basis, "ours_s": t_ours, "per_field_s": t_peer,
                      "speedup": t_peer / t_ours, "max_rel_difference": error})
     machine = torch.cuda.get_device_name(where) if where.type == "cuda" else f"{platform.machine()}, torch threads {torch.get_num_threads()}"

@@ -20,14 +20,13 @@ import torch
 
 from sciml.config import load_config
 from sciml.constraints import Rows
+from sciml.metrics import compute_metrics
 from sciml.models import load_model
 from sciml.pipeline import instantiate
 
 
 def rel_l2(pred: np.ndarray, true: np.ndarray) -> float:
-    """Mean over samples of |pred - true| / |true|."""
-    err = np.linalg.norm((pred - true).reshape(len(true), -1), axis=1)
-    return float(np.mean(err / np.linalg.norm(true.reshape(len(true), -1), axis=1)))
+    return compute_metrics(pred, true)["rel_l2"]
 
 
 def window_solve(model, u0: torch.Tensor, t: np.ndarray, x: np.ndarray, n_keep: int) -> np.ndarray:

@@ -374,3 +374,45 @@ def test_each_block_of_the_output_uses_its_own_experts_coefficients():
     basis = fields["u"].reshape(1, -1, w.shape[-1])
     for k, block in enumerate(layer.partition.blocks):
         torch.testing.assert_close(u.reshape(1, -1)[:, block], (basis[:, block] @ w[:, k, :, None])[..., 0], rtol=1e-12, atol=1e-12)
+
+
+def test_padding_rows_are_left_out_and_change_nothing():
+    """Experts with fewer rows than the longest are zero-padded; the solve's condensation and the
+    backward's Gram matrix skip the padding (problems grouped by rows used) and must equal those of
+    each problem's own rows. A NaN in a trailing row is not padding: it reaches the cost."""
+    from sciml.constraints._solve import normal_equations, prepare
+    from sciml.constraints.hard import _Residual, _row_groups
+    from sciml.pdes import Burgers
+
+    pde = Burgers(nu=0.05)
+    names = tuple(pde.fields)
+    g = torch.Generator().manual_seed(2)
+    lengths = [40, 3, 0, 17, 40, 4]
+    bases = [torch.randn(6, 20, 5, generator=g, dtype=F64) for _ in names]
+    offsets = [torch.randn(6, 20, generator=g, dtype=F64) for _ in names]
+    a, b = torch.randn(6, 40, 5, generator=g, dtype=F64), torch.randn(6, 40, generator=g, dtype=F64)
+    for i, q in enumerate(lengths):
+        a[i, q:], b[i, q:] = 0.0, 0.0
+    a[3, 5] = 0.0  # a zero row inside an expert's rows, with a target: not padding
+    groups = _row_groups(a, b)
+    assert sorted(sorted(index.tolist()) for index, _ in groups) == [[0, 4], [1, 5], [2], [3]]
+    assert {tuple(index.tolist()): q for index, q in groups}[(1, 5)] == 4  # 3 and 4 rows: one group of 4
+    fn = _Residual(pde, names, 1e-3, 2.0)
+    w = torch.randn(6, 5, generator=g, dtype=F64)
+    with torch.no_grad():
+        padded = prepare(fn, [*bases, *offsets, a, b])
+        cost = normal_equations(fn, w, padded)[0]
+        backward = prepare(fn, [*bases, *offsets, a, b], backward=True)
+        for i, q in enumerate(lengths):
+            own = [t[i:i + 1] for t in (*bases, *offsets)] + [a[i:i + 1, :q], b[i:i + 1, :q]]
+            alone = prepare(fn, own)
+            for ours, ref in zip(normal_equations(fn, w[i:i + 1], [t[i:i + 1] if torch.is_tensor(t) else t for t in padded]),
+                                 normal_equations(fn, w[i:i + 1], alone)):
+                torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+            gram = a[i, :q].T @ a[i, :q] + 1e-3 * torch.eye(5, dtype=F64)
+            torch.testing.assert_close(backward[-6][i], gram, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(backward[-5][i], a[i, :q].T @ b[i, :q], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(cost, 0.5 * fn(w, *bases, *offsets, a, b).pow(2).sum(-1), rtol=1e-12, atol=1e-14)
+        a[2, 39, 1] = float("nan")
+        assert [q for index, q in _row_groups(a, b) if 2 in index.tolist()] == [40]
+        assert bool(torch.isnan(normal_equations(fn, w, prepare(fn, [*bases, *offsets, a, b]))[0][2]))

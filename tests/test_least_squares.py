@@ -202,3 +202,40 @@ def test_a_residuals_own_pullback_without_the_wanted_keyword_is_used():
         grads.append(torch.autograd.grad((sol.value * torch.arange(4.0, dtype=F64)).sum() + sol.cost.sum(), leaves))
     for ours, autograd in zip(*reversed(grads)):
         torch.testing.assert_close(ours, autograd, rtol=1e-10, atol=1e-12)
+
+
+def test_levenberg_marquardt_drops_its_damping_as_fast_as_the_model_proves_exact():
+    """An ill-conditioned linear residual (singular values 1 .. 1e-4): the Gauss-Newton model is
+    exact, every gain ratio is 1, and the damping falls by min_shrink per step until the small
+    directions are solved. Nielsen's usual floor of 1/3 took 12 steps here."""
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(3, 40, 6, generator=g, dtype=F64))
+    v, _ = torch.linalg.qr(torch.randn(3, 6, 6, generator=g, dtype=F64))
+    a = q @ torch.diag_embed(torch.logspace(0, -4, 6, dtype=F64).expand(3, 6)) @ v.transpose(-1, -2)
+    b = torch.randn(3, 40, generator=g, dtype=F64)
+    exact = torch.linalg.lstsq(a, b.unsqueeze(-1)).solution.squeeze(-1)
+    steps = {}
+    for shrink in (1 / 3, 1e-2):
+        sol = least_squares(linear, torch.zeros(3, 6, dtype=F64), (a, b), max_steps=100,
+                            solver=LevenbergMarquardt(rtol=1e-10, atol=1e-12, min_shrink=shrink))
+        torch.testing.assert_close(sol.value, exact, rtol=0, atol=1e-8 * float(exact.abs().max()))
+        steps[shrink] = sol.steps
+    assert steps[1e-2] <= 7 < steps[1 / 3]
+
+
+def test_a_step_within_the_costs_rounding_is_taken_and_keeps_the_damping():
+    """Near a small residual of large terms the cost rounds at eps |J y| |r|, far above
+    eps * cost: a step predicted to gain less than that, whose cost comes out a rounding higher,
+    is taken (y still converges to full precision) and says nothing about the damping. One that
+    raises the cost beyond the rounding is refused and the damping grows."""
+    solver = LevenbergMarquardt()
+    y = torch.full((2, 4), 10.0, dtype=F64)
+    gram = 1e4 * torch.eye(4, dtype=F64).expand(2, 4, 4)  # |J y| = 2e3
+    state = solver.init(y)
+    step = solver.step(y, torch.full((2, 4), 1e-9, dtype=F64), gram, state)
+    cost = torch.full((2,), 1e-6, dtype=F64)  # |r| ~ 1.4e-3: rounding ~ eps * 2e3 * 1.4e-3 ~ 6e-16
+    assert bool((step.predicted < 1e-15).all())
+    new_cost = cost + torch.tensor([1e-16, 1e-12], dtype=F64)
+    taken = solver.accept(cost, new_cost, step, state)
+    assert taken.tolist() == [True, False]
+    assert state["lambda"][0] == solver.damping and state["lambda"][1] > solver.damping

@@ -106,7 +106,7 @@ def solve(fn: Residual, y0: Tensor, args: Sequence[Tensor], solver: AbstractSolv
             state = {k: v[keep] for k, v in state.items()}
             args = tuple(a[keep] if torch.is_tensor(a) else a for a in args)
         steps += 1
-        step = solver.step(grad, gram, state)
+        step = solver.step(y, grad, gram, state)
         delta = torch.where(active[:, None], step.delta, torch.zeros_like(step.delta))
         trial = y + delta
         cost_new, grad_new, gram_new = normal_equations(fn, trial, args)

@@ -154,16 +154,28 @@ class _Residual:
         rows evaluated directly (both round R w - z, A w - b at eps |A| |w|; forms built on A^T A
         instead lose what its conditioning cancels). G and A^T b come from R too, and the rows
         leave the arguments (the loop would copy them whenever it drops converged problems).
-        Under autograd (the unrolled adjoint) the rows are evaluated directly instead, and so they
-        are on a GPU: there a pass over them costs microseconds, while torch's batched QR of tall
-        matrices loops over the problems in cuSOLVER."""
+        Trailing zero rows (the padding of experts with fewer rows than the longest) are left out
+        of the factorisation (:func:`_row_groups`). Under autograd (the unrolled adjoint) the rows
+        are evaluated directly instead, and so they are on a GPU: there a pass over them costs
+        microseconds, while torch's batched QR of tall matrices loops over the problems in cuSOLVER."""
         bases, _, (a, b) = self._split(tensors)
         if torch.is_grad_enabled() or a.device.type == "cuda":
             return self.prepare_backward(*tensors)
-        n, q = a.shape[-1], a.shape[-2]
-        factors, tau = torch.geqrf(a)
-        z = torch.ormqr(factors, tau, b.unsqueeze(-1), left=True, transpose=True).squeeze(-1)
-        r, z_top, rest = factors[..., : min(q, n), :].triu(), z[..., :n], z[..., n:].pow(2).sum(-1)
+        n = a.shape[-1]
+        r = a.new_zeros(*a.shape[:-2], n, n)
+        z_top, rest = b.new_zeros(*b.shape[:-1], n), b.new_zeros(b.shape[:-1])
+        for index, q in _row_groups(a, b):
+            if q == 0:
+                continue  # no rows: R, z and the rest stay zero
+            a_g, b_g = (a[..., :q, :], b[..., :q]) if index is None else (a[index, :q], b[index, :q])
+            factors, tau = torch.geqrf(a_g)
+            z = torch.ormqr(factors, tau, b_g.unsqueeze(-1), left=True, transpose=True).squeeze(-1)
+            k = min(q, n)
+            r_g, z_g, rest_g = factors[..., :k, :].triu(), z[..., :k], z[..., n:].pow(2).sum(-1)
+            if index is None:
+                r[..., :k, :], z_top[..., :k], rest = r_g, z_g, rest_g
+            else:
+                r[index, :k], z_top[index, :k], rest[index] = r_g, z_g, rest_g
         rt = r.transpose(-1, -2)
         gram = rt @ r + self.ridge * torch.eye(n, dtype=a.dtype, device=a.device)
         atb = (rt @ z_top.unsqueeze(-1)).squeeze(-1)
@@ -171,10 +183,20 @@ class _Residual:
 
     def prepare_backward(self, *tensors: Tensor) -> tuple[Tensor, ...]:
         """What the implicit adjoint's backward needs (G and A^T b, the rows kept as they are):
-        :meth:`prepare` without the factorisation, differentiable."""
+        :meth:`prepare` without the factorisation, differentiable, the padding skipped as there."""
         bases, _, (a, b) = self._split(tensors)
-        gram = a.transpose(-1, -2) @ a + self.ridge * torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
-        atb = (b.unsqueeze(-2) @ a).squeeze(-2)  # A^T b as b^T A: row-major, ~3x faster on a CPU
+        n = a.shape[-1]
+        groups = _row_groups(a, b) if a.device.type == "cpu" and not torch.is_grad_enabled() else [(None, a.shape[-2])]
+        gram, atb = a.new_zeros(*a.shape[:-2], n, n), b.new_zeros(*b.shape[:-1], n)
+        for index, q in groups:
+            a_g, b_g = (a[..., :q, :], b[..., :q]) if index is None else (a[index, :q], b[index, :q])
+            gram_g = a_g.transpose(-1, -2) @ a_g
+            atb_g = (b_g.unsqueeze(-2) @ a_g).squeeze(-2)  # A^T b as b^T A: row-major, ~3x faster on a CPU
+            if index is None:
+                gram, atb = gram_g, atb_g
+            else:
+                gram[index], atb[index] = gram_g, atb_g
+        gram = gram + self.ridge * torch.eye(n, dtype=a.dtype, device=a.device)
         return (*tensors, gram, atb, None, None, None, torch.empty_like(bases[0]))
 
     def normal_equations(self, w: Tensor, *prepared: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -281,6 +303,28 @@ class _Residual:
             half = m_k.transpose(-1, -2) @ combined
             hess = hess + half + half.transpose(-1, -2)
         return hess, (r, slopes, curvature, workspace)
+
+
+def _row_groups(a: Tensor, b: Tensor) -> list[tuple[Tensor | None, int]]:
+    """The problems grouped by how many rows they use: [(index of the problems or None for all,
+    rows q)], rows q.. of every problem in the group being zero in A and b (the padding of
+    experts with fewer rows than the longest, which adds nothing to any cost or Gram matrix).
+    Lengths are rounded up to powers of two, so a batch has a few groups at most; one group (no
+    indexing) when every problem uses more than half as many rows as the longest. A row counts
+    as zero when its squared entries sum to zero (a NaN or inf counts as used); entries below
+    1e-154, whose squares underflow, would have added less than float64 resolves to any cost."""
+    q = a.shape[-2]
+    if q == 0 or a.ndim != 3:
+        return [(None, q)]
+    used = (torch.linalg.vector_norm(a, dim=-1) != 0) | (b != 0)  # [problems, q], no temporary of A's size
+    lengths = torch.where(used.any(-1), q - used.flip(-1).to(torch.uint8).argmax(-1), 0).tolist()
+    longest = max(lengths)
+    if min(lengths) * 2 > longest:
+        return [(None, longest)]
+    groups: dict[int, list[int]] = {}
+    for i, length in enumerate(lengths):
+        groups.setdefault((length - 1).bit_length() if length else -1, []).append(i)
+    return [(torch.tensor(index, device=a.device), max(lengths[i] for i in index)) for index in groups.values()]
 
 
 class HardConstraint(nn.Module):

@@ -65,8 +65,8 @@ class AbstractSolver(ABC):
         return {}
 
     @abstractmethod
-    def step(self, grad: Tensor, gram: Tensor, state: dict[str, Tensor]) -> Step:
-        """The step from the current point: gradient ``grad`` = J^T r, ``gram`` = J^T J."""
+    def step(self, y: Tensor, grad: Tensor, gram: Tensor, state: dict[str, Tensor]) -> Step:
+        """The step from the current point ``y``: gradient ``grad`` = J^T r, ``gram`` = J^T J."""
 
     def accept(self, cost: Tensor, new_cost: Tensor, step: Step, state: dict[str, Tensor]) -> Tensor:
         """Which trial points to keep [batch] bool; may update ``state``."""
@@ -94,7 +94,7 @@ class GaussNewton(AbstractSolver):
     rtol: float = 1e-8
     atol: float = 1e-10
 
-    def step(self, grad: Tensor, gram: Tensor, state: dict[str, Tensor]) -> Step:
+    def step(self, y: Tensor, grad: Tensor, gram: Tensor, state: dict[str, Tensor]) -> Step:
         delta = spd_solve(gram, -grad)
         return Step(delta, _predicted_decrease(gram, grad, delta))
 
@@ -114,17 +114,20 @@ class LevenbergMarquardt(AbstractSolver):
     damping: float = 1e-6
     min_damping: float = 1e-12
     max_damping: float = 1e12
+    min_shrink: float = 1e-2
 
     def init(self, y: Tensor) -> dict[str, Tensor]:
         return {"lambda": torch.full(y.shape[:1], self.damping, dtype=y.dtype, device=y.device),
                 "nu": torch.full(y.shape[:1], 2.0, dtype=y.dtype, device=y.device)}
 
-    def step(self, grad: Tensor, gram: Tensor, state: dict[str, Tensor]) -> Step:
+    def step(self, y: Tensor, grad: Tensor, gram: Tensor, state: dict[str, Tensor]) -> Step:
         diag = gram.diagonal(dim1=-2, dim2=-1)
         floor = 1e-12 * diag.mean(-1, keepdim=True).clamp_min(torch.finfo(grad.dtype).tiny)
         damped = gram + torch.diag_embed(state["lambda"][:, None] * diag.clamp_min(floor))
         delta = spd_solve(damped, -grad)
         state["used"] = state["lambda"]
+        # |J y|: the size of what the residual sums at y, which sets the rounding of the cost.
+        state["size"] = (y.unsqueeze(-2) @ gram @ y.unsqueeze(-1)).squeeze(-1).squeeze(-1).clamp_min(0).sqrt()
         return Step(delta, _predicted_decrease(gram, grad, delta))
 
     def accept(self, cost: Tensor, new_cost: Tensor, step: Step, state: dict[str, Tensor]) -> Tensor:
@@ -132,13 +135,16 @@ class LevenbergMarquardt(AbstractSolver):
         ratio = torch.where(step.predicted > 0, actual / step.predicted.clamp_min(torch.finfo(cost.dtype).tiny), torch.zeros_like(cost))
         # Near a nonzero minimum the cost stops resolving the last digits of y (a change of
         # |J| dy^2 drowns in its rounding): there, take the step if it does not increase the
-        # cost beyond rounding, so y still converges to full precision.
-        roundoff = 64 * torch.finfo(cost.dtype).eps * cost.abs()
+        # cost beyond rounding, so y still converges to full precision. The cost's rounding:
+        # that of its sum, and that of every residual entry, eps |J y| |r| (|r| = sqrt(2 cost)),
+        # which dominates where the residual is small next to the terms it sums.
+        eps = torch.finfo(cost.dtype).eps
+        roundoff = 64 * eps * cost.abs() + 16 * eps * state["size"] * (2 * cost.abs()).sqrt()
         in_noise = (step.predicted.abs() <= roundoff) & (actual >= -roundoff)
         good = torch.isfinite(new_cost) & (((actual >= 0) & ((ratio > 1e-4) | (actual == 0))) | in_noise)
         lam, nu = state["lambda"], state["nu"]
         # A step in the noise says nothing about the model's quality: the damping stays.
-        shrink = torch.where(in_noise, torch.ones_like(ratio), (1 - (2 * ratio.clamp(0, 1) - 1) ** 3).clamp_min(1 / 3))
+        shrink = torch.where(in_noise, torch.ones_like(ratio), (1 - (2 * ratio.clamp(0, 1) - 1) ** 3).clamp_min(self.min_shrink))
         state["lambda"] = torch.where(good, lam * shrink, lam * nu).clamp(self.min_damping, self.max_damping)
         state["nu"] = torch.where(good, torch.full_like(nu, 2.0), nu * 2).clamp_max(1e6)
         return good

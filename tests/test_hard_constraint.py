@@ -266,6 +266,11 @@ def test_structured_normal_equations_hessian_and_pullback_equal_autograd(pde_nam
     torch.testing.assert_close(fn.hessian(w, *prepare(fn, args)), hess, rtol=1e-10, atol=1e-10)
     with torch.no_grad():  # the backward's path: the curvature written into the Jacobian's workspace
         torch.testing.assert_close(fn.hessian(w, *prepare(fn, args)), hess, rtol=1e-10, atol=1e-10)
+    for grad_mode in (True, False):  # Newton steps: the normal equations and the Hessian from one pass
+        with torch.set_grad_enabled(grad_mode):
+            newton = fn.newton_equations(w, *prepare(fn, args))
+        for ours, ref in zip(newton, (*normal_equations(plain, w, args), hess)):
+            torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
 
     g = torch.Generator().manual_seed(1)
     mu, g_cost = torch.randn(w.shape, generator=g, dtype=F64), torch.randn(len(w), generator=g, dtype=F64)

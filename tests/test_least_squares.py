@@ -239,3 +239,70 @@ def test_a_step_within_the_costs_rounding_is_taken_and_keeps_the_damping():
     taken = solver.accept(cost, new_cost, step, state)
     assert taken.tolist() == [True, False]
     assert state["lambda"][0] == solver.damping and state["lambda"][1] > solver.damping
+
+
+def curved(y, a, b):
+    """A residual that stays large at its minimum, with strong curvature: Gauss-Newton, which
+    leaves out sum_i r_i d2r_i/dy2, converges slowly here."""
+    return (a @ torch.sin(y).unsqueeze(-1)).squeeze(-1) + y.pow(2).sum(-1, keepdim=True) - b
+
+
+def test_newton_steps_converge_where_gauss_newton_crawls():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(3, 30, 4, generator=g, dtype=F64), 3 * torch.randn(3, 30, generator=g, dtype=F64)
+    newton = least_squares(curved, torch.zeros(3, 4, dtype=F64), (a, b), max_steps=60,
+                           solver=LevenbergMarquardt(rtol=1e-10, atol=1e-12, hessian="exact"))
+    gauss = least_squares(curved, torch.zeros(3, 4, dtype=F64), (a, b), max_steps=60, throw=False,
+                          solver=LevenbergMarquardt(rtol=1e-10, atol=1e-12))
+    assert newton.steps <= 20 and not bool(gauss.successful.all())
+    y = newton.value.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(0.5 * curved(y, a, b).pow(2).sum(), y)
+    assert grad.abs().max() < 1e-8  # a stationary point, where Gauss-Newton's iterates head
+    torch.testing.assert_close(newton.cost, gauss.cost, rtol=1e-6, atol=0)
+
+
+def test_newton_equations_of_a_structured_residual_equal_autograds():
+    """The Hessian from a residual's own ``hessian`` and from autograd agree, and the loop takes
+    Newton steps with either: same statuses and solution."""
+    from sciml.constraints._solve import newton_equations
+
+    class WithHessian:
+        def __call__(self, y, a, b):
+            return curved(y, a, b)
+
+        def hessian(self, y, a, b):
+            return torch.func.vmap(torch.func.hessian(lambda v, a_, b_: 0.5 * curved(v[None], a_[None], b_[None]).pow(2).sum()))(y, a, b)
+
+    g = torch.Generator().manual_seed(1)
+    a, b, y = torch.randn(3, 30, 4, generator=g, dtype=F64), torch.randn(3, 30, generator=g, dtype=F64), torch.randn(3, 4, generator=g, dtype=F64)
+    for ours, ref in zip(newton_equations(WithHessian(), y, (a, b)), newton_equations(curved, y, (a, b))):
+        torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
+    solver = LevenbergMarquardt(rtol=1e-10, atol=1e-12, hessian="exact")
+    one, other = (least_squares(fn, torch.zeros(3, 4, dtype=F64), (a, b), solver=solver, max_steps=60) for fn in (WithHessian(), curved))
+    torch.testing.assert_close(one.value, other.value, rtol=1e-9, atol=1e-9)
+
+
+def test_unknown_step_hessian_is_refused():
+    with pytest.raises(ValueError, match="`hessian` \\(='newton'\\)"):
+        LevenbergMarquardt(hessian="newton")
+
+
+def test_a_step_that_raises_the_cost_brings_the_damping_to_where_it_bites():
+    """After exact steps the damping may sit at its floor, 1e-10 of where it would shorten a step.
+    When a step then raises the cost (beyond rounding), the damping jumps to the curvature along
+    the step relative to the damping's metric, delta^T H delta / delta^T D delta, instead of
+    doubling a dozen times; a rise within rounding only doubles it."""
+    g = torch.Generator().manual_seed(0)
+    j = torch.randn(2, 12, 4, generator=g, dtype=F64) * torch.tensor([1.0, 1e-2, 1e-3, 1e-4], dtype=F64)
+    gram = j.transpose(-1, -2) @ j
+    solver = LevenbergMarquardt(damping=1e-12)
+    y = torch.ones(2, 4, dtype=F64)
+    state = solver.init(y)
+    step = solver.step(y, torch.randn(2, 4, generator=g, dtype=F64), gram, state)
+    d = step.delta.unsqueeze(-1)
+    bite = ((d.mT @ gram @ d) / (d.mT @ torch.diag_embed(gram.diagonal(dim1=-2, dim2=-1)) @ d)).flatten()
+    assert bool((bite > 1e-8).all())
+    cost = torch.ones(2, dtype=F64)
+    taken = solver.accept(cost, cost + torch.tensor([1e-3, 1e-15], dtype=F64), step, state)
+    assert not bool(taken.any())
+    torch.testing.assert_close(state["lambda"], torch.stack([bite[0], torch.tensor(2e-12, dtype=F64)]), rtol=1e-9, atol=0)

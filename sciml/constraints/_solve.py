@@ -5,6 +5,9 @@ A residual ``fn(y [batch, n], *args) -> r [batch, m]`` may offer, besides its va
 - ``fn.jacobian(y, *args) -> (r, J [batch, m, n])``, used instead of n forward-mode products;
 - ``fn.normal_equations(y, *args) -> (cost, J^T r, J^T J)``, used instead of forming J at all
   (a structured residual sums its rows' contributions without concatenating them);
+- ``fn.newton_equations(y, *args) -> (cost, J^T r, J^T J, H)``, with H the cost's exact Hessian,
+  for a solver that asks for it (``LevenbergMarquardt(hessian="exact")``; else ``fn.hessian``
+  after the normal equations, else autograd);
 - ``fn.prepare(*args) -> args'``, called once per solve: what ``normal_equations`` then gets
   instead of ``args`` (e.g. with the Gram matrix of its linear rows computed once), and
   ``fn.prepare_backward(*args)``, the same for the implicit adjoint's backward where it can be
@@ -61,6 +64,21 @@ def normal_equations(fn: Residual, y: Tensor, prepared: Sequence[Tensor]) -> tup
     return 0.5 * r.pow(2).sum(-1), (jt @ r.unsqueeze(-1)).squeeze(-1), jt @ jac
 
 
+def newton_equations(fn: Residual, y: Tensor, prepared: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The normal equations and the cost's exact Hessian d(J^T r)/dy [batch, n, n]: from the
+    residual's ``newton_equations`` (one pass), its ``hessian``, or n reverse passes of autograd."""
+    if hasattr(fn, "newton_equations"):
+        return fn.newton_equations(y, *prepared)
+    cost, grad, gram = normal_equations(fn, y, prepared)
+    if hasattr(fn, "hessian"):
+        return cost, grad, gram, fn.hessian(y, *prepared)
+    with torch.enable_grad():
+        y_ = y.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(0.5 * fn(y_, *prepared).pow(2).sum(), y_, create_graph=True)
+        rows = [torch.autograd.grad(g[:, k].sum(), y_, retain_graph=k + 1 < y.shape[-1])[0] for k in range(y.shape[-1])]
+    return cost, grad, gram, torch.stack(rows, dim=1).detach()
+
+
 def _finite(*tensors: Tensor) -> Tensor:
     """[batch] bool: every entry of every tensor finite for that problem."""
     ok = torch.ones(tensors[0].shape[:1], dtype=torch.bool, device=tensors[0].device)
@@ -82,13 +100,17 @@ def solve(fn: Residual, y0: Tensor, args: Sequence[Tensor], solver: AbstractSolv
     """
     args = prepare(fn, args)
     batch = y0.shape[0]
+    if getattr(solver, "hessian", "gauss-newton") == "exact":
+        evaluate = lambda y: newton_equations(fn, y, args)  # noqa: E731
+    else:
+        evaluate = lambda y: (*normal_equations(fn, y, args), None)  # noqa: E731
     compact = bool(getattr(fn, "per_problem_args", False)) and all(
         not torch.is_tensor(a) or (a.ndim > 0 and a.shape[0] == batch) for a in args)
     y = y0
-    cost, grad, gram = normal_equations(fn, y, args)
+    cost, grad, gram, hess = evaluate(y)
     state = solver.init(y)
     result = torch.full((batch,), int(Result.max_steps_reached), dtype=torch.int64, device=y.device)
-    finite = _finite(cost, grad, gram)
+    finite = _finite(cost, grad, gram) & (True if hess is None else _finite(hess))
     result[~finite] = int(Result.nonfinite)
     active = finite & ~solver.vanished(cost)
     result[finite & ~active] = int(Result.successful)
@@ -103,14 +125,15 @@ def solve(fn: Residual, y0: Tensor, args: Sequence[Tensor], solver: AbstractSolv
             value, final_cost = value.index_copy(0, index, y), final_cost.index_copy(0, index, cost)
             keep = active.nonzero().squeeze(-1)
             index, y, cost, grad, gram, active = index[keep], y[keep], cost[keep], grad[keep], gram[keep], active[keep]
+            hess = None if hess is None else hess[keep]
             state = {k: v[keep] for k, v in state.items()}
             args = tuple(a[keep] if torch.is_tensor(a) else a for a in args)
         steps += 1
-        step = solver.step(y, grad, gram, state)
+        step = solver.step(y, grad, gram, state, hess) if hess is not None else solver.step(y, grad, gram, state)
         delta = torch.where(active[:, None], step.delta, torch.zeros_like(step.delta))
         trial = y + delta
-        cost_new, grad_new, gram_new = normal_equations(fn, trial, args)
-        finite_new = _finite(cost_new, grad_new, gram_new)
+        cost_new, grad_new, gram_new, hess_new = evaluate(trial)
+        finite_new = _finite(cost_new, grad_new, gram_new) & (True if hess_new is None else _finite(hess_new))
         keep = active & solver.accept(cost, torch.where(finite_new, cost_new, torch.full_like(cost_new, float("inf"))), step, state) & finite_new
         # A stateless solver (Gauss-Newton) would propose the same non-finite step again: give up on it.
         stuck = active & ~finite_new & (not state)
@@ -120,6 +143,7 @@ def solve(fn: Residual, y0: Tensor, args: Sequence[Tensor], solver: AbstractSolv
         y = torch.where(keep[:, None], trial, y)
         grad = torch.where(keep[:, None], grad_new, grad)
         gram = torch.where(keep[:, None, None], gram_new, gram)
+        hess = None if hess is None else torch.where(keep[:, None, None], hess_new, hess)
         cost = torch.where(keep, cost_new, cost)
         done = active & finite_new & solver.converged(y, delta, state, decrease, cost)
         result[index[done]] = int(Result.successful)

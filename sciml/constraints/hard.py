@@ -201,16 +201,37 @@ class _Residual:
 
     def normal_equations(self, w: Tensor, *prepared: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         *tensors, gram, atb, r_rows, z_top, rest, workspace = prepared
-        bases, offsets, (a, b) = self._split(tensors)
+        bases, offsets, rows = self._split(tensors)
         r, jac, _ = self._pde_jacobian(w, bases, offsets, workspace)
-        if r_rows is None:
-            rows = ((a @ w.unsqueeze(-1)).squeeze(-1) - b).pow(2).sum(-1)
-        else:
-            rows = ((r_rows @ w.unsqueeze(-1)).squeeze(-1) - z_top).pow(2).sum(-1) + rest
-        cost = 0.5 * (r.pow(2).sum(-1) + rows + self.ridge * w.pow(2).sum(-1))
-        # J^T r as r^T J: the row-major product streams J once, ~3x faster than J^T @ r on a CPU.
-        grad = torch.baddbmm(r.unsqueeze(-2) @ jac, w.unsqueeze(-2), gram, beta=1).squeeze(-2) - atb
+        cost, grad = self._cost_and_gradient(w, r, jac, rows, gram, atb, r_rows, z_top, rest)
         return cost, grad, torch.baddbmm(gram, jac.transpose(-1, -2), jac)
+
+    def newton_equations(self, w: Tensor, *prepared: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """:meth:`normal_equations` and the cost's exact Hessian (:meth:`linearise`) from one
+        evaluation of the fields, for Newton steps. Under autograd (the unrolled adjoint) the
+        normal equations stay differentiable and the Hessian, which only steers the steps, is not."""
+        if torch.is_grad_enabled():
+            return (*self.normal_equations(w, *prepared), self.linearise(w, *prepared)[0].detach())
+        *tensors, gram, atb, r_rows, z_top, rest, workspace = prepared
+        bases, offsets, rows = self._split(tensors)
+        r, slopes, curvature = self._second_order(self._fields(w, bases, offsets))
+        jac = self._combine(slopes, bases, workspace)
+        cost, grad = self._cost_and_gradient(w, r, jac, rows, gram, atb, r_rows, z_top, rest)
+        gauss = torch.baddbmm(gram, jac.transpose(-1, -2), jac)
+        return cost, grad, gauss, self._add_curvature(gauss, r, curvature, bases, workspace)
+
+    def _cost_and_gradient(self, w: Tensor, r: Tensor, jac: Tensor, rows: Sequence[Tensor], gram: Tensor, atb: Tensor,
+                           r_rows: Tensor | None, z_top: Tensor | None, rest: Tensor | None) -> tuple[Tensor, Tensor]:
+        """0.5 |r|^2 over the PDE rows r, the linear rows (as given, or condensed to R, z, rest)
+        and the ridge, and its gradient J^T r (the rows' part G w - A^T b)."""
+        if r_rows is None:
+            a, b = rows
+            row_cost = ((a @ w.unsqueeze(-1)).squeeze(-1) - b).pow(2).sum(-1)
+        else:
+            row_cost = ((r_rows @ w.unsqueeze(-1)).squeeze(-1) - z_top).pow(2).sum(-1) + rest
+        cost = 0.5 * (r.pow(2).sum(-1) + row_cost + self.ridge * w.pow(2).sum(-1))
+        # J^T r as r^T J: the row-major product streams J once, ~3x faster than J^T @ r on a CPU.
+        return cost, torch.baddbmm(r.unsqueeze(-2) @ jac, w.unsqueeze(-2), gram, beta=1).squeeze(-2) - atb
 
     def _second_order(self, fields: list[Tensor]) -> tuple[Tensor, list[Tensor], dict[tuple[int, int], Tensor]]:
         """The residual r, slopes dR/df_k and the curvatures d2R/df_k df_l that are not
@@ -292,7 +313,13 @@ class _Residual:
         bases, offsets, _ = self._split(tensors)
         r, slopes, curvature = self._second_order(self._fields(w, bases, offsets))
         jac = self._combine(slopes, bases, workspace)
-        hess = torch.baddbmm(gram, jac.transpose(-1, -2), jac)
+        hess = self._add_curvature(torch.baddbmm(gram, jac.transpose(-1, -2), jac), r, curvature, bases, workspace)
+        return hess, (r, slopes, curvature, workspace)
+
+    def _add_curvature(self, hess: Tensor, r: Tensor, curvature: Mapping[tuple[int, int], Tensor], bases: Sequence[Tensor],
+                       workspace: Tensor) -> Tensor:
+        """hess + sum_kl M_k^T diag(r h_kl) M_l (see :meth:`linearise`), the Jacobian's workspace
+        reused (it is free once J^T J and J^T r are formed)."""
         zero = torch.zeros_like(r)
         for k, m_k in enumerate(bases):
             coefficients = {l: 0.5 * r * (curvature.get((k, l), zero) + (curvature.get((l, k), zero) if l != k else 0))
@@ -302,7 +329,7 @@ class _Residual:
             combined = self._combine(list(coefficients.values()), [bases[l] for l in coefficients], workspace)
             half = m_k.transpose(-1, -2) @ combined
             hess = hess + half + half.transpose(-1, -2)
-        return hess, (r, slopes, curvature, workspace)
+        return hess
 
 
 def _row_groups(a: Tensor, b: Tensor) -> list[tuple[Tensor | None, int]]:

@@ -215,12 +215,12 @@ def test_levenberg_marquardt_drops_its_damping_as_fast_as_the_model_proves_exact
     b = torch.randn(3, 40, generator=g, dtype=F64)
     exact = torch.linalg.lstsq(a, b.unsqueeze(-1)).solution.squeeze(-1)
     steps = {}
-    for shrink in (1 / 3, 1e-2):
-        sol = least_squares(linear, torch.zeros(3, 6, dtype=F64), (a, b), max_steps=100,
-                            solver=LevenbergMarquardt(rtol=1e-10, atol=1e-12, min_shrink=shrink))
+    for name, solver in (("nielsen", LevenbergMarquardt(rtol=1e-10, atol=1e-12, min_shrink=1 / 3)),
+                         ("default", LevenbergMarquardt(rtol=1e-10, atol=1e-12))):
+        sol = least_squares(linear, torch.zeros(3, 6, dtype=F64), (a, b), max_steps=100, solver=solver)
         torch.testing.assert_close(sol.value, exact, rtol=0, atol=1e-8 * float(exact.abs().max()))
-        steps[shrink] = sol.steps
-    assert steps[1e-2] <= 7 < steps[1 / 3]
+        steps[name] = sol.steps
+    assert steps["default"] <= 7 < steps["nielsen"]
 
 
 def test_a_step_within_the_costs_rounding_is_taken_and_keeps_the_damping():
@@ -306,3 +306,56 @@ def test_a_step_that_raises_the_cost_brings_the_damping_to_where_it_bites():
     taken = solver.accept(cost, cost + torch.tensor([1e-3, 1e-15], dtype=F64), step, state)
     assert not bool(taken.any())
     torch.testing.assert_close(state["lambda"], torch.stack([bite[0], torch.tensor(2e-12, dtype=F64)]), rtol=1e-9, atol=0)
+
+
+def test_newton_steps_model_the_cost_with_the_hessian_where_it_is_positive_definite():
+    """Problem 0's Hessian is positive definite: the step solves with it and predicts the decrease
+    of the Newton model; problem 1's is indefinite: Gauss-Newton's step and model stand in."""
+    gram = torch.stack([torch.diag(torch.tensor([2.0, 1.0], dtype=F64))] * 2)
+    hessian = torch.stack([torch.tensor([[3.0, 0.5], [0.5, 1.5]], dtype=F64), torch.tensor([[1.0, 0.0], [0.0, -2.0]], dtype=F64)])
+    grad = torch.tensor([[1.0, -1.0], [1.0, -1.0]], dtype=F64)
+    solver = LevenbergMarquardt(damping=1e-12, hessian="exact")
+    step = solver.step(torch.zeros(2, 2, dtype=F64), grad, gram, solver.init(torch.zeros(2, 2, dtype=F64)), hessian)
+    for i, model in enumerate((hessian[0], gram[1])):
+        expected = -torch.linalg.solve(model, grad[i])
+        torch.testing.assert_close(step.delta[i], expected, rtol=1e-9, atol=0)
+        torch.testing.assert_close(step.predicted[i], -(grad[i] @ expected) - 0.5 * expected @ model @ expected, rtol=1e-9, atol=0)
+
+
+def test_newton_steps_where_the_hessian_is_not_finite_fall_back_to_gauss_newton():
+    """|y|^1.5 is once but not twice differentiable at 0, where the solve starts: Gauss-Newton's
+    model steers there, and the problem is solved, not reported non-finite."""
+    def kinked(y, a, b):
+        return (a @ y.unsqueeze(-1)).squeeze(-1) + 0.01 * y.abs().pow(1.5).sum(-1, keepdim=True) - b
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 6, 2, generator=g, dtype=F64), torch.randn(2, 6, generator=g, dtype=F64)
+    y0 = torch.tensor([[0.0, 0.0], [0.3, 0.3]], dtype=F64)
+    newton = least_squares(kinked, y0, (a, b), solver=LevenbergMarquardt(hessian="exact"), max_steps=100)
+    gauss = least_squares(kinked, y0, (a, b), max_steps=100)
+    torch.testing.assert_close(newton.cost, gauss.cost, rtol=1e-8, atol=0)
+
+
+class _Prepared:
+    """A residual with its own ``prepare`` and normal equations but no Hessian: the prepared
+    arguments go to ``normal_equations`` only, so Newton steps differentiate those."""
+
+    def __call__(self, y, a, b):
+        return curved(y, a, b)
+
+    def prepare(self, a, b):
+        return a, b, a.transpose(-1, -2) @ a  # an extra argument ``__call__`` does not take
+
+    def normal_equations(self, y, a, b, gram):
+        r = curved(y, a, b)
+        jac = torch.func.vmap(torch.func.jacrev(lambda v, a_, b_: curved(v[None], a_[None], b_[None])[0]))(y, a, b)
+        return 0.5 * r.pow(2).sum(-1), (jac.mT @ r.unsqueeze(-1)).squeeze(-1), jac.mT @ jac
+
+
+def test_newton_steps_for_a_residual_with_prepared_arguments():
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randn(2, 30, 4, generator=g, dtype=F64), 3 * torch.randn(2, 30, generator=g, dtype=F64)
+    solver = LevenbergMarquardt(rtol=1e-10, atol=1e-12, hessian="exact")
+    ours = least_squares(_Prepared(), torch.zeros(2, 4, dtype=F64), (a, b), solver=solver, max_steps=60)
+    plain = least_squares(curved, torch.zeros(2, 4, dtype=F64), (a, b), solver=solver, max_steps=60)
+    torch.testing.assert_close(ours.value, plain.value, rtol=1e-8, atol=1e-8)

@@ -66,17 +66,27 @@ def normal_equations(fn: Residual, y: Tensor, prepared: Sequence[Tensor]) -> tup
 
 def newton_equations(fn: Residual, y: Tensor, prepared: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The normal equations and the cost's exact Hessian d(J^T r)/dy [batch, n, n]: from the
-    residual's ``newton_equations`` (one pass), its ``hessian``, or n reverse passes of autograd."""
+    residual's ``newton_equations`` (one pass), its ``hessian``, or n reverse passes of autograd
+    through its gradient J^T r (its ``normal_equations``' where it has them: they, not the
+    residual, take the prepared arguments). Where the Hessian is not finite (a residual that is
+    not twice differentiable there), J^T J stands in for it: it only steers the steps."""
     if hasattr(fn, "newton_equations"):
-        return fn.newton_equations(y, *prepared)
-    cost, grad, gram = normal_equations(fn, y, prepared)
-    if hasattr(fn, "hessian"):
-        return cost, grad, gram, fn.hessian(y, *prepared)
-    with torch.enable_grad():
-        y_ = y.detach().requires_grad_(True)
-        (g,) = torch.autograd.grad(0.5 * fn(y_, *prepared).pow(2).sum(), y_, create_graph=True)
-        rows = [torch.autograd.grad(g[:, k].sum(), y_, retain_graph=k + 1 < y.shape[-1])[0] for k in range(y.shape[-1])]
-    return cost, grad, gram, torch.stack(rows, dim=1).detach()
+        cost, grad, gram, hess = fn.newton_equations(y, *prepared)
+    else:
+        cost, grad, gram = normal_equations(fn, y, prepared)
+        if hasattr(fn, "hessian"):
+            hess = fn.hessian(y, *prepared)
+        else:
+            with torch.enable_grad():
+                y_ = y.detach().requires_grad_(True)
+                if hasattr(fn, "normal_equations"):
+                    g = fn.normal_equations(y_, *prepared)[1]
+                else:
+                    (g,) = torch.autograd.grad(0.5 * fn(y_, *prepared).pow(2).sum(), y_, create_graph=True)
+                rows = [torch.autograd.grad(g[:, k].sum(), y_, retain_graph=k + 1 < y.shape[-1], allow_unused=True)[0]
+                        for k in range(y.shape[-1])]
+            hess = torch.stack([torch.zeros_like(y) if row is None else row for row in rows], dim=1).detach()
+    return cost, grad, gram, torch.where(_finite(hess)[:, None, None], hess, gram)
 
 
 def _finite(*tensors: Tensor) -> Tensor:
@@ -110,7 +120,7 @@ def solve(fn: Residual, y0: Tensor, args: Sequence[Tensor], solver: AbstractSolv
     cost, grad, gram, hess = evaluate(y)
     state = solver.init(y)
     result = torch.full((batch,), int(Result.max_steps_reached), dtype=torch.int64, device=y.device)
-    finite = _finite(cost, grad, gram) & (True if hess is None else _finite(hess))
+    finite = _finite(cost, grad, gram)
     result[~finite] = int(Result.nonfinite)
     active = finite & ~solver.vanished(cost)
     result[finite & ~active] = int(Result.successful)
@@ -133,7 +143,7 @@ def solve(fn: Residual, y0: Tensor, args: Sequence[Tensor], solver: AbstractSolv
         delta = torch.where(active[:, None], step.delta, torch.zeros_like(step.delta))
         trial = y + delta
         cost_new, grad_new, gram_new, hess_new = evaluate(trial)
-        finite_new = _finite(cost_new, grad_new, gram_new) & (True if hess_new is None else _finite(hess_new))
+        finite_new = _finite(cost_new, grad_new, gram_new)
         keep = active & solver.accept(cost, torch.where(finite_new, cost_new, torch.full_like(cost_new, float("inf"))), step, state) & finite_new
         # A stateless solver (Gauss-Newton) would propose the same non-finite step again: give up on it.
         stuck = active & ~finite_new & (not state)

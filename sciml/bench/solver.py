@@ -7,7 +7,7 @@
    random smooth positive bases stand in for a trained FNO's; residual = [PDE residual at sampled points;
    (u_ic - u0) / u0; u(0, t) and u(1, t) rows; 1e-4 w], with u0 and the boundary values those of a
    positive combination of the bases, so that the solution stays in the physical range (u in
-   0.1 .. 1, 7-10 Levenberg-Marquardt steps, near training's 5-8); float64, rtol = atol = 1e-4; best of
+   0.1 .. 1, 5-6 Levenberg-Marquardt steps, as in training); float64, rtol = atol = 1e-4; best of
    repeats after a warm-up (compilation excluded; other jobs on a shared machine only add time). Forward, and forward + backward (gradient of a
    fixed linear functional of w with respect to every basis matrix).
 2. MoE scaling: one expert with P points against 4 experts with P / 4 each, P from 1e2 to 1e5:

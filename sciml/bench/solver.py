@@ -11,7 +11,7 @@
    repeats after a warm-up (compilation excluded; other jobs on a shared machine only add time). Forward, and forward + backward (gradient of a
    fixed linear functional of w with respect to every basis matrix).
 2. MoE scaling: one expert with P points against 4 experts with P / 4 each, P from 1e2 to 1e5:
-   forward + backward time and peak memory (CPU: resident memory, each size in a fresh process;
+   forward + backward time (best of 5; 3 at 1e5) and peak memory (CPU: resident memory, each size in a fresh process;
    CUDA: the allocator's peak above the inputs).
 
 ``device="cuda"`` (``sciml bench solver --device cuda``) runs ours on the GPU (timed after a
@@ -277,7 +277,7 @@ def _moe_point(points: int, experts: int, n: int, backward: bool) -> dict[str, f
     p = make_problem(batch=6, experts=experts, points=points // experts, n=n, nt=101, nx=1024, partitioned=True)
     baseline = _resident_mb()
     _peak_rss_mb(reset=True)
-    seconds, _ = time_ours(p, backward, repeats=2)
+    seconds, _ = time_ours(p, backward, repeats=5 if points < 100000 else 3)
     return {"seconds": seconds, "peak_rss_mb": max(0.0, _peak_rss_mb() - baseline)}
 
 
@@ -290,7 +290,7 @@ def _moe_point_cuda(points: int, experts: int, n: int, backward: bool, device: t
     torch.cuda.synchronize(device)
     baseline = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
-    seconds, _ = time_ours(p, backward, repeats=2, device=device)
+    seconds, _ = time_ours(p, backward, repeats=5 if points < 100000 else 3, device=device)
     return {"seconds": seconds, "peak_rss_mb": max(0.0, torch.cuda.max_memory_allocated(device) - baseline - inputs) / 2**20}
 
 

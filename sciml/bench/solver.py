@@ -373,6 +373,50 @@ def layer_fields(quick: bool, device: str = "cpu") -> list[dict[str, Any]]:
     return rows
 
 
+def newton_steps(quick: bool, device: str = "cpu") -> list[dict[str, Any]]:
+    """Gauss-Newton against Newton steps (``LevenbergMarquardt(hessian="exact")``) in the
+    Navier-Stokes layer, whose advection term keeps the residual large at the minimum: an
+    untrained FNO3d's bases (seeded, float32, the solve in float64) for Gaussian-random-field
+    vorticities, 2 x 2 spatial experts, rtol 1e-7 as the NS configs; LM steps, problems solved
+    within 200 steps, forward + backward time (gradient to the bases) and the costs reached."""
+    from ..constraints import LevenbergMarquardt
+    from ..data.generators.navier_stokes import gaussian_random_field
+    from ..models import PhysicsFNO3d
+    from ..pdes import NavierStokes2D
+
+    device = torch.device(device)
+    n, nt, basis, points = (32, 17, 16, 500) if quick else (64, 33, 32, 2000)
+    x, t = np.arange(n) / n, np.linspace(0, 5, nt)
+    rows = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = PhysicsFNO3d(NavierStokes2D(), splits=(1, 2, 2), basis=basis, width=16, layers=4, modes=(4, 8, 8),
+                             solver={"points": points, "ridge": 1e-8, "tol": 1e-7, "max_steps": 200}).to(device)
+        rng = np.random.default_rng(seed)
+        w0 = torch.tensor(np.stack([gaussian_random_field(n, rng, length_scale=0.8) for _ in range(2)]), dtype=torch.float32, device=device)
+        with torch.no_grad():
+            b = model._bases(w0, nt)
+        b.requires_grad_(True)
+        layer = model._layer((nt, n, n))
+        sampled = layer.sample_points(torch.Generator().manual_seed(seed))
+        weights = torch.randn(b.shape[:-1], generator=torch.Generator().manual_seed(seed)).to(device)
+        row: dict[str, Any] = {"seed": seed, "grid": f"{nt}x{n}x{n}", "basis": basis, "points_per_expert": points}
+        for hessian in ("gauss-newton", "exact"):
+            layer.solver = LevenbergMarquardt(rtol=1e-7, atol=1e-10, hessian=hessian)
+
+            def once() -> None:
+                torch.autograd.grad((model.constrain(b, w0, t, x, x, sampled) * weights).sum(), b)
+                _sync(device)
+
+            seconds, _ = best_of(once, 2 if quick else 3)
+            sol = layer.last_solution
+            row[hessian] = {"seconds": seconds, "steps": int(sol.steps), "solved": int(sol.successful.sum()),
+                            "problems": len(sol.result), "cost": float(sol.cost.detach().sum())}
+        row["speedup"] = row["gauss-newton"]["seconds"] / row["exact"]["seconds"]
+        rows.append(row)
+    return rows
+
+
 def run(quick: bool, out_dir: Path, device: str = "cpu") -> dict[str, Any]:
     report = measure(quick, device)
     return publish("solver", report, markdown(report), out_dir)
@@ -402,7 +446,7 @@ def measure(quick: bool, device: str = "cpu") -> dict[str, Any]:
         "benchmark": "solver", "quick": quick, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": device,
         "machine": machine, "versions": {"sciml": __version__, "torch": torch.__version__, "peer": peer},
         "versus_optimistix": versus_optimistix(quick, device), "moe_scaling": moe_scaling(quick, device),
-        "layer_fields": layer_fields(quick, device),
+        "layer_fields": layer_fields(quick, device), "newton_steps": newton_steps(quick, device),
     }
     return report
 
@@ -428,4 +472,12 @@ def markdown(r: dict[str, Any]) -> str:
         for row in r["layer_fields"]:
             lines.append(f"| {row['experts']} | {row['points_per_expert']} | {row['points_seconds']:.3g} | {row['whole_grid_seconds']:.3g} | "
                          f"{row['speedup']:.1f} | {row['steps']} |")
+    if r.get("newton_steps"):
+        lines += ["", "| Navier-Stokes layer, seed | grid, N, points/expert | Gauss-Newton: steps, solved, fwd+bwd (s) | "
+                  "Newton: steps, solved, fwd+bwd (s) | speed-up | cost Newton / Gauss-Newton |", "|---|---|---|---|---|---|"]
+        for row in r["newton_steps"]:
+            gn, nt = row["gauss-newton"], row["exact"]
+            lines.append(f"| {row['seed']} | {row['grid']}, {row['basis']}, {row['points_per_expert']} | {gn['steps']}, {gn['solved']}/{gn['problems']}, "
+                         f"{gn['seconds']:.3g} | {nt['steps']}, {nt['solved']}/{nt['problems']}, {nt['seconds']:.3g} | {row['speedup']:.2f} | "
+                         f"{nt['cost'] / gn['cost']:.8f} |")
     return "\n".join(lines) + "\n"

@@ -13,6 +13,8 @@
 2. MoE scaling: one expert with P points against 4 experts with P / 4 each, P from 1e2 to 1e5:
    forward + backward time (best of 5; 3 at 1e5) and peak memory (CPU: resident memory, each size in a fresh process;
    CUDA: the allocator's peak above the inputs).
+3. The whole layer with the basis fields at the sampled points only against the whole grid first.
+4. Gauss-Newton against Newton steps in the Navier-Stokes layer (:func:`newton_steps`).
 
 ``device="cuda"`` (``sciml bench solver --device cuda``) runs ours on the GPU (timed after a
 synchronize) and optimistix on JAX's GPU; on the CPU JAX is pinned to its CPU too.

@@ -56,7 +56,7 @@ class SolverConfig:
     # The Hessian of the solver's own steps: "gauss-newton" (J^T J: converges in a few steps where
     # the residual is nearly linear in the coefficients, as diffusion-sorption's) or "exact"
     # (damped Newton: quadratic convergence where a nonlinear residual stays large at the minimum,
-    # as Navier-Stokes' advection: 12 steps where Gauss-Newton took 81, for ~2x the work per step).
+    # as Navier-Stokes' advection: 10 steps where Gauss-Newton took 81, for ~2x the work per step).
     step_hessian: str = "gauss-newton"
 
     def __post_init__(self) -> None:

@@ -132,6 +132,7 @@ def test_hard_constraint_finds_the_solution_in_its_span(flow, splits, step_hessi
     w = model.constrain(b, w0, t, x, x, points)
     rms = lambda v: float(model.residual(v, t, x, x).pow(2).mean().sqrt())  # noqa: E731
     assert bool(model._layers[(len(t), 16, 16)].last_solution.successful.all())
+    assert model._layers[(len(t), 16, 16)].solver.hessian == step_hessian  # model.solver.step_hessian reaches the solver
     # Taylor-Green's residual is the time differences' error (~1e-3 of |w_t|), which the solve may
     # trade against a small departure from the exact field; the forced shear is exact on the grid.
     tol = 2e-4 if flow == "taylor_green" else 1e-9

@@ -78,6 +78,8 @@ def test_bad_settings_are_refused():
         PhysicsFNO(DiffusionSorption(), constraint="medium")
     with pytest.raises(ConfigError, match="DiffusionSorption"):
         PhysicsFNO(Convection())
+    with pytest.raises(ConfigError, match=r"model.solver.step_hessian \(='newton'\) must be 'gauss-newton' or 'exact'"):
+        PhysicsFNO(DiffusionSorption(), solver={"step_hessian": "newton"})
 
 
 def test_solution_fields_are_each_experts_derivatives():

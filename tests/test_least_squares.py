@@ -359,3 +359,27 @@ def test_newton_steps_for_a_residual_with_prepared_arguments():
     ours = least_squares(_Prepared(), torch.zeros(2, 4, dtype=F64), (a, b), solver=solver, max_steps=60)
     plain = least_squares(curved, torch.zeros(2, 4, dtype=F64), (a, b), solver=solver, max_steps=60)
     torch.testing.assert_close(ours.value, plain.value, rtol=1e-8, atol=1e-8)
+
+
+def test_every_newton_step_uses_the_hessian_at_its_own_point():
+    """The loop carries the Hessian with y: a rejected trial's Hessian must not steer the next
+    step. Each step's Hessian is checked against autograd's at the point it steps from, on a
+    problem with rejections."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 30, 4, generator=g, dtype=F64), 3 * torch.randn(2, 30, generator=g, dtype=F64)
+    exact = torch.func.vmap(torch.func.hessian(lambda v, a_, b_: 0.5 * curved(v[None], a_[None], b_[None]).pow(2).sum()))
+    seen = {"steps": 0, "rejected": 0}
+
+    class Checked(LevenbergMarquardt):
+        def step(self, y, grad, gram, state, hessian=None):
+            torch.testing.assert_close(hessian, exact(y, a, b), rtol=1e-9, atol=1e-9)  # (no compaction: a plain residual)
+            seen["steps"] += 1
+            return super().step(y, grad, gram, state, hessian)
+
+        def accept(self, cost, new_cost, step, state):
+            taken = super().accept(cost, new_cost, step, state)
+            seen["rejected"] += int((~taken).sum())
+            return taken
+
+    least_squares(curved, torch.zeros(2, 4, dtype=F64), (a, b), solver=Checked(rtol=1e-10, atol=1e-12, hessian="exact"), max_steps=60)
+    assert seen["steps"] > 3 and seen["rejected"] > 0

@@ -164,10 +164,10 @@ class _Residual:
         n = a.shape[-1]
         r = a.new_zeros(*a.shape[:-2], n, n)
         z_top, rest = b.new_zeros(*b.shape[:-1], n), b.new_zeros(b.shape[:-1])
-        for index, q in _row_groups(a, b):
+        for index, a_g, b_g in _grouped_rows(a, b, _row_groups(a, b)):
+            q = a_g.shape[-2]
             if q == 0:
                 continue  # no rows: R, z and the rest stay zero
-            a_g, b_g = (a[..., :q, :], b[..., :q]) if index is None else (a[index, :q], b[index, :q])
             factors, tau = torch.geqrf(a_g)
             z = torch.ormqr(factors, tau, b_g.unsqueeze(-1), left=True, transpose=True).squeeze(-1)
             k = min(q, n)
@@ -188,8 +188,7 @@ class _Residual:
         n = a.shape[-1]
         groups = _row_groups(a, b) if a.device.type == "cpu" and not torch.is_grad_enabled() else [(None, a.shape[-2])]
         gram, atb = a.new_zeros(*a.shape[:-2], n, n), b.new_zeros(*b.shape[:-1], n)
-        for index, q in groups:
-            a_g, b_g = (a[..., :q, :], b[..., :q]) if index is None else (a[index, :q], b[index, :q])
+        for index, a_g, b_g in _grouped_rows(a, b, groups):
             gram_g = a_g.transpose(-1, -2) @ a_g
             atb_g = (b_g.unsqueeze(-2) @ a_g).squeeze(-2)  # A^T b as b^T A: row-major, ~3x faster on a CPU
             if index is None:
@@ -352,6 +351,12 @@ def _row_groups(a: Tensor, b: Tensor) -> list[tuple[Tensor | None, int]]:
     for i, length in enumerate(lengths):
         groups.setdefault((length - 1).bit_length() if length else -1, []).append(i)
     return [(torch.tensor(index, device=a.device), max(lengths[i] for i in index)) for index in groups.values()]
+
+
+def _grouped_rows(a: Tensor, b: Tensor, groups: list[tuple[Tensor | None, int]]):
+    """(index, A, b) of each group of :func:`_row_groups`: its problems' first q rows."""
+    for index, q in groups:
+        yield (index, a[..., :q, :], b[..., :q]) if index is None else (index, a[index, :q], b[index, :q])
 
 
 class HardConstraint(nn.Module):

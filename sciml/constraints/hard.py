@@ -356,7 +356,8 @@ def _row_groups(a: Tensor, b: Tensor) -> list[tuple[Tensor | None, int]]:
 def _grouped_rows(a: Tensor, b: Tensor, groups: list[tuple[Tensor | None, int]]):
     """(index, A, b) of each group of :func:`_row_groups`: its problems' first q rows."""
     for index, q in groups:
-        yield (index, a[..., :q, :], b[..., :q]) if index is None else (index, a[index, :q], b[index, :q])
+        a_q, b_q = a[..., :q, :], b[..., :q]  # slice, then gather: a[index, :q] would copy every row first
+        yield (index, a_q, b_q) if index is None else (index, a_q[index], b_q[index])
 
 
 class HardConstraint(nn.Module):

@@ -59,8 +59,10 @@ class DiffusionSorption(PDE):
 
     def retardation(self, u):
         """R(u) = 1 + sorption (max(u, 0) + eps)^(n_f - 1), the isotherm being defined for u >= 0;
-        works on numpy arrays, torch tensors and JAX arrays alike."""
-        return 1 + self.sorption * (u.clip(min=0) + self.eps) ** (self.n_f - 1)
+        works on numpy arrays, torch tensors and JAX arrays alike. max(u, 0) is written u (u > 0),
+        whose derivative is 0 at u = 0 in every version of every library (torch's clip has had
+        1 there, then 0)."""
+        return 1 + self.sorption * (u * (u > 0) + self.eps) ** (self.n_f - 1)
 
     def retardation_derivative(self, u: np.ndarray) -> np.ndarray:
         """dR/du on numpy arrays (zero where u < 0, where R is frozen at its u = 0 value)."""
@@ -74,10 +76,10 @@ class DiffusionSorption(PDE):
         """Closed form of the slopes (2x faster than autograd's pass, and the layer evaluates them
         once per solver iteration): with k = D / R(u), r = u_t - k u_xx, dr/du_t = 1,
         dr/du_xx = -k and dr/du = k / R R'(u) u_xx, R'(u) = sorption (n_f - 1) v^(n_f - 2) with
-        v = max(u, 0) + eps; zero where u <= 0, where the isotherm is frozen (autograd's
-        convention for the clip at u = 0, and that of :meth:`retardation_derivative`)."""
+        v = max(u, 0) + eps; zero where u <= 0, where the isotherm is frozen (as autograd
+        differentiates :meth:`retardation`, and as :meth:`retardation_derivative` has it)."""
         u, u_t, u_xx = f["u"], f["u_t"], f["u_xx"]
-        v = u.clamp_min(0) + self.eps
+        v = u.relu() + self.eps  # relu: derivative 0 at u = 0 (clamp_min's was 1 in torch 2.11)
         power = v ** (self.n_f - 1)
         retardation = 1 + self.sorption * power
         k = self.D / retardation

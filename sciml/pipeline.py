@@ -87,6 +87,8 @@ def run_experiment(
     summary = {"experiment": cfg.name, "steps": trainer.global_step, "seconds": {"train": train_s}}
     if not evaluate:
         return summary
+    # Lightning hands the model back on the CPU after fit: evaluate where it trained (a GPU).
+    model.to(trainer.strategy.root_device)
     return evaluate_model(model, dm, out, cfg.name, train_seconds=train_s)
 
 

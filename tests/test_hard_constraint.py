@@ -421,3 +421,22 @@ def test_padding_rows_are_left_out_and_change_nothing():
         a[2, 39, 1] = float("nan")
         assert [q for index, q in _row_groups(a, b) if 2 in index.tolist()] == [40]
         assert bool(torch.isnan(normal_equations(fn, w, prepare(fn, [*bases, *offsets, a, b]))[0][2]))
+
+
+def test_the_layer_keeps_its_sampled_points_on_the_bases_device():
+    """With no GPU here, torch's fake tensors stand in for CUDA ones: they run every operation's
+    device checks without data. The layer's own sampling (training: no points given) draws on
+    the CPU and must move to the bases' device before it meets the rows' points; the first
+    thing fake tensors cannot do is count the rows per expert (a data-dependent shape), which
+    the layer reaches only past every gather."""
+    fake = pytest.importorskip("torch._subclasses.fake_tensor")
+    nt, nx = 9, 16
+    layer = HardConstraint(ConvectionDiffusion(beta=0.0, nu=NU), grid=(nt, nx), splits=(1, 2), points=20)
+    points = torch.arange(nx)
+    with fake.FakeTensorMode(allow_non_fake_inputs=True):
+        basis = torch.randn(1, nt, nx, 5, dtype=F64, device="cuda")
+        rows = Rows(points=points, coefficients={"u": 1.0}, target=torch.zeros(1, nx, dtype=F64, device="cuda"))
+        fields = grid_fields(basis, ("u", "u_t", "u_x", "u_xx"), {"t": 0.1, "x": 0.1}, {"x": True}, {"t": 1, "x": 2})
+        with pytest.raises(Exception) as raised:
+            layer(fields, rows=rows)
+    assert "DynamicOutputShape" in type(raised.value).__name__, raised.value

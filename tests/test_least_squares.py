@@ -446,3 +446,15 @@ def test_the_contraction_rate_is_the_larger_of_the_last_two_step_ratios_and_rese
         rates.append(float(state["rate"]))
     expected = [float("inf"), float("inf"), 0.5, 0.1, float("inf"), float("inf"), float("inf"), 0.5]
     torch.testing.assert_close(torch.tensor(rates, dtype=F64), torch.tensor(expected, dtype=F64))
+
+
+def test_the_singular_fallback_gives_the_minimum_norm_solution():
+    from sciml.constraints.solvers import min_norm_solve
+
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(4, 5, 2, generator=g, dtype=F64)
+    a = u @ u.mT  # rank 2 of 5
+    b = (a @ torch.randn(4, 5, 1, generator=g, dtype=F64)).squeeze(-1)
+    x = min_norm_solve(a, b)
+    torch.testing.assert_close(x, (torch.linalg.pinv(a, hermitian=True) @ b.unsqueeze(-1)).squeeze(-1))
+    assert x.device == b.device and x.dtype == F64

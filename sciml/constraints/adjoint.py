@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ._solution import Solution
 from ._solve import Residual, normal_equations, prepare, solve
-from .solvers import AbstractSolver, spd_solve
+from .solvers import AbstractSolver, min_norm_solve, spd_solve
 
 # forward(fn, y0, args, solver, max_steps) -> Solution: a solve without autograd (inputs detached).
 Forward = Callable[[Residual, Tensor, Sequence[Tensor], AbstractSolver, int], Solution]
@@ -149,5 +149,5 @@ def _general_solve(a: Tensor, b: Tensor) -> Tensor:
     bad = (info != 0) | ~torch.isfinite(x).all(-1)
     if bool(bad.any()):
         x = x.clone()
-        x[bad] = torch.linalg.lstsq(a[bad], b[bad].unsqueeze(-1), driver="gelsd" if a.device.type == "cpu" else None).solution.squeeze(-1)
+        x[bad] = min_norm_solve(a[bad], b[bad])
     return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)

@@ -416,7 +416,7 @@ class HardConstraint(nn.Module):
         if isinstance(bases, GridFields) and return_fields:
             bases = bases.full()
         offs = {k: (offsets[k].reshape(batch, -1) if offsets and k in offsets else None) for k in given}
-        idx = self.sample_points() if points is None else points.to(u_basis.device)
+        idx = (self.sample_points() if points is None else points).to(u_basis.device)  # sampled on the CPU
         k_exp, p = idx.shape
         # Every field at the sampled points and the rows' points, in one call.
         row_pts = rows.points.to(u_basis.device) if rows is not None else idx.new_zeros(0)
@@ -453,14 +453,14 @@ class HardConstraint(nn.Module):
         scale = torch.as_tensor(rows.scale, dtype=like.dtype, device=like.device)
         a = a / (scale[..., None] if scale.ndim else scale)
         b = (rows.target.to(like) / scale).expand(batch, len(pts))
-        owner = self.partition.label.to(like.device)[pts]
+        owner = self.partition.label[rows.points.cpu()]  # on the CPU: no wait for a GPU over indices
         q_max = int(torch.bincount(owner, minlength=k_exp).max()) if len(pts) else 0
         a_out = like.new_zeros(batch, k_exp, q_max, n)
         b_out = like.new_zeros(batch, k_exp, q_max)
         for k in range(k_exp):
             mine = torch.nonzero(owner == k).flatten()
-            a_out[:, k, : len(mine)] = a[:, mine]
-            b_out[:, k, : len(mine)] = b[:, mine]
+            a_out[:, k, : len(mine)] = a[:, mine.to(like.device)]
+            b_out[:, k, : len(mine)] = b[:, mine.to(like.device)]
         return a_out.reshape(batch * k_exp, q_max, n), b_out.reshape(batch * k_exp, q_max)
 
 

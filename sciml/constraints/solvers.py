@@ -34,10 +34,18 @@ def spd_solve(a: Tensor, b: Tensor) -> Tensor:
         x2 = torch.cholesky_solve(b[bad].unsqueeze(-1), chol2).squeeze(-1)
         still = (info2 != 0) | ~torch.isfinite(x2).all(-1)
         if bool(still.any()):
-            x2[still] = torch.linalg.lstsq(ridged[still], b[bad][still].unsqueeze(-1), driver="gelsd" if a.device.type == "cpu" else None).solution.squeeze(-1)
+            x2[still] = min_norm_solve(ridged[still], b[bad][still])
         x = x.clone()
         x[bad] = x2
     return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def min_norm_solve(a: Tensor, b: Tensor) -> Tensor:
+    """The minimum-norm least-squares solution of a batch of small square systems a x = b of
+    any rank, by LAPACK's SVD-based gelsd on the CPU: CUDA's only driver (gels) assumes full
+    rank and returns garbage for the singular systems this fallback exists for."""
+    x = torch.linalg.lstsq(a.cpu(), b.cpu().unsqueeze(-1), driver="gelsd").solution.squeeze(-1)
+    return x.to(b.device)
 
 
 @dataclass

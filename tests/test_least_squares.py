@@ -458,3 +458,38 @@ def test_the_singular_fallback_gives_the_minimum_norm_solution():
     x = min_norm_solve(a, b)
     torch.testing.assert_close(x, (torch.linalg.pinv(a, hermitian=True) @ b.unsqueeze(-1)).squeeze(-1))
     assert x.device == b.device and x.dtype == F64
+
+
+def _rosenbrock(y):
+    return torch.stack([10 * (y[:, 1] - y[:, 0] ** 2), 1 - y[:, 0]], -1)
+
+
+@pytest.mark.parametrize("hessian", ["gauss-newton", "exact"])
+def test_the_fast_damping_fall_does_not_saw_in_rosenbrocks_valley(hessian):
+    """320 starts in [-2, 2]^2: where the model misleads (rejected steps), falling by 100x per step
+    would alternate too little and too much damping (96 and 59 steps for the batch, against
+    Nielsen's 38 and 37); after a rejection the floor is Nielsen's until a step is exact again."""
+    y0 = torch.rand(320, 2, generator=torch.Generator().manual_seed(0), dtype=F64) * 4 - 2
+    steps = {}
+    for name, min_shrink in (("default", 1e-2), ("nielsen", 1 / 3)):
+        solver = LevenbergMarquardt(rtol=1e-10, atol=1e-12, hessian=hessian, min_shrink=min_shrink)
+        sol = least_squares(_rosenbrock, y0, (), solver=solver, max_steps=200)
+        torch.testing.assert_close(sol.value, torch.ones_like(y0), rtol=0, atol=1e-8)
+        steps[name] = sol.steps
+    assert steps["default"] <= 1.2 * steps["nielsen"], steps
+
+
+def test_after_a_rejection_the_damping_falls_by_a_third_until_a_step_is_exact_again():
+    from sciml.constraints.solvers import Step
+
+    solver = LevenbergMarquardt()
+    y = torch.zeros(1, 1, dtype=F64)
+    state = {**solver.init(y), "size": torch.zeros(1, dtype=F64), "bite": torch.zeros(1, dtype=F64)}
+    step = Step(torch.ones(1, 1, dtype=F64), torch.ones(1, dtype=F64))  # predicts a decrease of 1
+    shrinks = []
+    for new_cost in (9.0, 11.0, 9.0, 9.0):  # exact, rejected, exact, exact (from cost 10)
+        before = float(state["lambda"])
+        solver.accept(torch.full((1,), 10.0, dtype=F64), torch.full((1,), new_cost, dtype=F64), step, state)
+        shrinks.append(float(state["lambda"]) / before)
+    assert shrinks[0] == pytest.approx(1e-2) and shrinks[1] > 1
+    assert shrinks[2] == pytest.approx(1 / 3) and shrinks[3] == pytest.approx(1e-2)

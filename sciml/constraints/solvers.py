@@ -120,8 +120,11 @@ class LevenbergMarquardt(AbstractSolver):
     a useful damping in a few trials instead of one factor 2 per trial. Nielsen's floor is 1/3;
     ours, 1e-2 (reached at rho >= 0.998), lets the damping fall as fast as the model proves
     exact: on the layer's problems, whose first step takes the cost down by 1e7 with rho = 1,
-    that halves the steps. After a step that raised the cost beyond rounding the damping jumps
-    at least to where it shortens that step, delta^T H delta / delta^T D delta.
+    that halves the steps. After a rejected step the floor is Nielsen's 1/3 until a step
+    proves the model exact again (rho >= 0.998): where the model misleads, the faster fall
+    saws between too little and too much damping. After a step that raised the cost beyond
+    rounding the damping jumps at least to where it shortens that step, delta^T H delta /
+    delta^T D delta.
 
     ``hessian="exact"`` models the cost with its exact Hessian, J^T J plus the residual's
     curvature sum_i r_i d2r_i/dy2, where that is positive definite once damped (a damped Newton
@@ -151,6 +154,7 @@ class LevenbergMarquardt(AbstractSolver):
     def init(self, y: Tensor) -> dict[str, Tensor]:
         return {"lambda": torch.full(y.shape[:1], self.damping, dtype=y.dtype, device=y.device),
                 "nu": torch.full(y.shape[:1], 2.0, dtype=y.dtype, device=y.device),
+                "cautious": torch.zeros(y.shape[:1], dtype=torch.bool, device=y.device),
                 **{k: torch.full(y.shape[:1], float("inf"), dtype=y.dtype, device=y.device) for k in ("last", "ratio", "rate")}}
 
     def step(self, y: Tensor, grad: Tensor, gram: Tensor, state: dict[str, Tensor], hessian: Tensor | None = None) -> Step:
@@ -187,7 +191,11 @@ class LevenbergMarquardt(AbstractSolver):
         good = torch.isfinite(new_cost) & (((actual >= 0) & ((ratio > 1e-4) | (actual == 0))) | in_noise)
         lam, nu = state["lambda"], state["nu"]
         # A step in the noise says nothing about the model's quality: the damping stays.
-        shrink = torch.where(in_noise, torch.ones_like(ratio), (1 - (2 * ratio.clamp(0, 1) - 1) ** 3).clamp_min(self.min_shrink))
+        # The floor: min_shrink, but Nielsen's 1/3 after a rejected step until a step proves the
+        # model exact again (rho >= 0.998): where the model misleads, falling by 100x per step saws
+        # between too little damping and too much (2.5x the worst case on Rosenbrock's valley).
+        floor = torch.where(state["cautious"], torch.full_like(ratio, 1 / 3), torch.full_like(ratio, self.min_shrink))
+        shrink = torch.where(in_noise, torch.ones_like(ratio), torch.maximum(1 - (2 * ratio.clamp(0, 1) - 1) ** 3, floor))
         # After a step that raised the cost beyond rounding, at least the damping that shortens
         # it: one that fell far below that (after exact steps) would take many doublings to
         # matter again. A rise within rounding only doubles it.
@@ -195,6 +203,7 @@ class LevenbergMarquardt(AbstractSolver):
         rejected = torch.where(raised, torch.maximum(lam * nu, state["bite"]), lam * nu)
         state["lambda"] = torch.where(good, lam * shrink, rejected).clamp(self.min_damping, self.max_damping)
         state["nu"] = torch.where(good, torch.full_like(nu, 2.0), nu * 2).clamp_max(1e6)
+        state["cautious"] = (state["cautious"] & ~(good & (ratio >= 0.998))) | ~good
         # How fast the accepted steps shrink: the ratio |delta_k| / |delta_k-1| of the last two
         # (inf across a rejection and before two steps), and the larger of the last two ratios,
         # which the convergence test extrapolates with (one ratio alone is often too hopeful

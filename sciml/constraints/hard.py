@@ -356,8 +356,7 @@ def _row_groups(a: Tensor, b: Tensor) -> list[tuple[Tensor | None, int]]:
 def _grouped_rows(a: Tensor, b: Tensor, groups: list[tuple[Tensor | None, int]]):
     """(index, A, b) of each group of :func:`_row_groups`: its problems' first q rows."""
     for index, q in groups:
-        a_q, b_q = a[..., :q, :], b[..., :q]  # slice, then gather: a[index, :q] would copy every row first
-        yield (index, a_q, b_q) if index is None else (index, a_q[index], b_q[index])
+        yield (index, a[..., :q, :], b[..., :q]) if index is None else (index, a[index, :q], b[index, :q])
 
 
 class HardConstraint(nn.Module):
@@ -453,14 +452,16 @@ class HardConstraint(nn.Module):
         scale = torch.as_tensor(rows.scale, dtype=like.dtype, device=like.device)
         a = a / (scale[..., None] if scale.ndim else scale)
         b = (rows.target.to(like) / scale).expand(batch, len(pts))
-        owner = self.partition.label[rows.points.cpu()]  # on the CPU: no wait for a GPU over indices
+        # Each row's expert, counted on the CPU: one copy of the points from a GPU, not a wait
+        # for a bincount and one for each expert's nonzero.
+        owner = self.partition.label[rows.points.cpu()]
         q_max = int(torch.bincount(owner, minlength=k_exp).max()) if len(pts) else 0
         a_out = like.new_zeros(batch, k_exp, q_max, n)
         b_out = like.new_zeros(batch, k_exp, q_max)
         for k in range(k_exp):
-            mine = torch.nonzero(owner == k).flatten()
-            a_out[:, k, : len(mine)] = a[:, mine.to(like.device)]
-            b_out[:, k, : len(mine)] = b[:, mine.to(like.device)]
+            mine = torch.nonzero(owner == k).flatten().to(like.device)
+            a_out[:, k, : len(mine)] = a[:, mine]
+            b_out[:, k, : len(mine)] = b[:, mine]
         return a_out.reshape(batch * k_exp, q_max, n), b_out.reshape(batch * k_exp, q_max)
 
 

@@ -59,10 +59,10 @@ class DiffusionSorption(PDE):
 
     def retardation(self, u):
         """R(u) = 1 + sorption (max(u, 0) + eps)^(n_f - 1), the isotherm being defined for u >= 0;
-        works on numpy arrays, torch tensors and JAX arrays alike. max(u, 0) is written u (u > 0),
-        whose derivative is 0 at u = 0 in every version of every library (torch's clip has had
-        1 there, then 0)."""
-        return 1 + self.sorption * (u * (u > 0) + self.eps) ** (self.n_f - 1)
+        works on numpy arrays, torch tensors and JAX arrays alike. max(u, 0) is written
+        clip(u, 0) (u > 0), whose derivative is 0 at u = 0 in every version of every library
+        (torch's clip alone has had 1 there, then 0); -inf gives 0, as clip alone does."""
+        return 1 + self.sorption * (u.clip(min=0) * (u > 0) + self.eps) ** (self.n_f - 1)
 
     def retardation_derivative(self, u: np.ndarray) -> np.ndarray:
         """dR/du on numpy arrays (zero where u < 0, where R is frozen at its u = 0 value)."""

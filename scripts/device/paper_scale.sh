@@ -20,7 +20,8 @@
 # probconserv: the ANP at the paper's size (hidden 128, batch 250, Adam 1e-4, up to 20k steps or
 #   1 min 40 s each) on diffusion, Stefan and PME, with HardC/ProbConserv evaluated from it. ~6 min.
 # Each mode fits one 10-minute command; the session's 15 minutes of device time hold two of them
-# (pihc first: it is the issue's acceptance). Untested on the device so far: no session has had one.
+# (pihc first: it is the issue's acceptance). Untested on the device so far: no session has had one; checked
+# without it: `check` under torch 2.11 (the image's), and the CUDA branches under torch's fake tensors.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 mode=${1:-}

@@ -277,6 +277,7 @@ def test_stefan_quick_run_conserves_exactly(tmp_path, monkeypatch):
         assert abs(m[f"probconserv_bounded/ce_{s}"]) <= 1e-10
         assert abs(m[f"anp/ce_{s}"]) > 1e-6  # the untrained ANP does not conserve
         assert 0 <= m[f"probconserv/shock_pos_{s}"] <= 1
+        assert m[f"probconserv/shock_abs_err_{s}"] >= m[f"probconserv/shock_pos_err_{s}"] - 1e-12  # |mean| <= mean |.|
     cases = [c for c in report["per_case"] if c["variant"] == "probconserv_bounded"]
     assert cases and all(c["test_set"] in ("u_star0.5", "u_star0.6") for c in cases)
     out = tmp_path / "run"
@@ -345,3 +346,21 @@ def test_mesh_quick_run_conserves_on_unstructured_triangles(tmp_path, monkeypatc
     per_function = [c["mse"] for c in report["per_case"] if c["variant"] == "anp"]
     assert len(per_function) == 2 and m["anp/mse"] == pytest.approx(np.mean(per_function))
     assert (tmp_path / "run" / "mass_mesh.png").is_file() and (tmp_path / "run" / "solution_mesh.png").is_file()
+
+
+def test_shock_errors_tell_a_two_peaked_histogram_from_a_centred_one():
+    from sciml.studies.probconserv import _shock_positions, shock_errors
+
+    x = np.linspace(0.0, 1.0, 11)
+    samples = np.ones((4, 2, 11))
+    samples[0, 0, 3:] = samples[1, 0, 5:] = -1.0  # function 0: half the samples cross at 0.3, half at 0.5
+    samples[2, 0, 4:] = samples[3, 0, 4:] = 0.0  # (<= 0 counts as crossed)
+    samples[:, 1, 6:] = -0.5  # function 1: every sample crosses at 0.6; sample 3 never crosses (-> last x)
+    samples[3, 1] = 1.0
+    pos = _shock_positions(samples, x)
+    np.testing.assert_allclose(pos[:, 0], [0.3, 0.5, 0.4, 0.4])
+    np.testing.assert_allclose(pos[:, 1], [0.6, 0.6, 0.6, 1.0])
+    err = shock_errors(pos, front=0.4)
+    np.testing.assert_allclose(err["shock_pos"], [0.4, 0.7])
+    np.testing.assert_allclose(err["shock_pos_err"], [0.0, 0.3], atol=1e-15)
+    np.testing.assert_allclose(err["shock_abs_err"], [0.05, 0.3])  # the two peaks: each sample 0.1 or 0 off

@@ -423,6 +423,49 @@ def test_padding_rows_are_left_out_and_change_nothing():
         assert bool(torch.isnan(normal_equations(fn, w, prepare(fn, [*bases, *offsets, a, b]))[0][2]))
 
 
+def test_the_backward_reuses_the_forward_gram_with_the_same_gradients():
+    """The implicit backward takes G and A^T b as the forward solve condensed them (QR, padding
+    skipped); a forward run elsewhere (Ray) keeps nothing and the backward forms them from the
+    rows. Both give the same gradients, of every argument."""
+    from sciml.constraints import ImplicitAdjoint, LevenbergMarquardt
+    from sciml.constraints._solution import Solution
+    from sciml.constraints._solve import solve
+    from sciml.constraints.hard import _Residual
+    from sciml.pdes import Burgers
+
+    pde = Burgers(nu=0.05)
+    names = tuple(pde.fields)
+    g = torch.Generator().manual_seed(5)
+    bases = [torch.randn(4, 30, 5, generator=g, dtype=F64) for _ in names]
+    offsets = [torch.randn(4, 30, generator=g, dtype=F64) for _ in names]
+    a, b = torch.randn(4, 12, 5, generator=g, dtype=F64), torch.randn(4, 12, generator=g, dtype=F64)
+    a[1:, 3:], b[1:, 3:] = 0.0, 0.0  # padded experts
+    fn = _Residual(pde, names, 1e-3, 1.0)
+    seen = []
+
+    def kept(*args):
+        sol = solve(*args)
+        seen.append(sol.kept)
+        return sol
+
+    def elsewhere(*args):
+        sol = solve(*args)
+        return Solution(value=sol.value, result=sol.result, steps=sol.steps, cost=sol.cost)
+
+    grads = []
+    for forward in (kept, elsewhere):
+        inputs = [t.clone().requires_grad_(True) for t in (*bases, *offsets, a, b)]
+        sol = least_squares(fn, torch.zeros(4, 5, dtype=F64), inputs, solver=LevenbergMarquardt(rtol=1e-12, atol=1e-12),
+                            adjoint=ImplicitAdjoint("exact", forward=forward), max_steps=100)
+        weights = torch.randn(4, 5, generator=torch.Generator().manual_seed(6), dtype=F64)
+        grads.append(torch.autograd.grad((sol.value * weights).sum() + sol.cost.sum(), inputs))
+    gram, atb = seen[0]
+    torch.testing.assert_close(gram[1], a[1, :3].T @ a[1, :3] + 1e-3 * torch.eye(5, dtype=F64), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(atb[0], a[0].T @ b[0], rtol=1e-12, atol=1e-12)
+    for ours, ref in zip(*grads):
+        torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
+
+
 def test_the_layer_keeps_its_sampled_points_on_the_bases_device():
     """With no GPU here, torch's fake tensors stand in for CUDA ones: they run every operation's
     device checks without data. The layer's own sampling (training: no points given) draws on

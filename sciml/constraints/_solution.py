@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -32,12 +32,15 @@ class SolveError(RuntimeError):
 @dataclass
 class Solution:
     """``value`` [batch, n]: the coefficients; ``result`` [batch]: a :class:`Result` per problem;
-    ``steps``: solver iterations taken; ``cost`` [batch]: 0.5 |r|^2 at ``value``."""
+    ``steps``: solver iterations taken; ``cost`` [batch]: 0.5 |r|^2 at ``value``; ``kept``: what
+    the residual kept of its once-per-solve preparation for the implicit backward
+    (``fn.keep_for_backward``), None when it keeps nothing or the forward ran elsewhere."""
 
     value: Tensor
     result: Tensor
     steps: int
     cost: Tensor
+    kept: tuple | None = field(default=None, repr=False, compare=False)
 
     @property
     def successful(self) -> Tensor:

@@ -10,8 +10,10 @@ A residual ``fn(y [batch, n], *args) -> r [batch, m]`` may offer, besides its va
   after the normal equations, else autograd);
 - ``fn.prepare(*args) -> args'``, called once per solve: what ``normal_equations`` then gets
   instead of ``args`` (e.g. with the Gram matrix of its linear rows computed once), and
-  ``fn.prepare_backward(*args)``, the same for the implicit adjoint's backward where it can be
-  cheaper (it evaluates the normal equations once, at the solution);
+  ``fn.prepare_backward(*args, kept=None)``, the same for the implicit adjoint's backward where it
+  can be cheaper (it evaluates the normal equations once, at the solution), given what
+  ``fn.keep_for_backward(*prepared)`` kept of the forward solve's preparation (None when the
+  forward ran elsewhere);
 - ``fn.per_problem_args = True``: every tensor argument has the problems along its first axis,
   so the loop may drop converged problems from the arguments (they stop costing anything).
 """
@@ -45,12 +47,12 @@ def jacobian(fn: Residual, y: Tensor, args: Sequence[Tensor]) -> tuple[Tensor, T
     return r, cols.permute(1, 2, 0)
 
 
-def prepare(fn: Residual, args: Sequence[Tensor], backward: bool = False) -> tuple:
+def prepare(fn: Residual, args: Sequence[Tensor], backward: bool = False, kept: tuple | None = None) -> tuple:
     """The arguments :func:`normal_equations` takes: ``fn.prepare(*args)`` where offered; for the
     adjoint's backward (one set of normal equations, no solve) ``fn.prepare_backward(*args)``
-    where the residual offers a cheaper one."""
+    where the residual offers a cheaper one, given what it ``kept`` of the forward's."""
     if backward and hasattr(fn, "prepare_backward"):
-        return tuple(fn.prepare_backward(*args))
+        return tuple(fn.prepare_backward(*args, kept=kept) if kept is not None else fn.prepare_backward(*args))
     return tuple(fn.prepare(*args)) if hasattr(fn, "prepare") else tuple(args)
 
 
@@ -109,6 +111,7 @@ def solve(fn: Residual, y0: Tensor, args: Sequence[Tensor], solver: AbstractSolv
     keeps its last finite point, so the output is always finite.
     """
     args = prepare(fn, args)
+    kept = fn.keep_for_backward(*args) if hasattr(fn, "keep_for_backward") else None
     batch = y0.shape[0]
     if getattr(solver, "hessian", "gauss-newton") == "exact":
         evaluate = lambda y: newton_equations(fn, y, args)  # noqa: E731
@@ -159,4 +162,4 @@ def solve(fn: Residual, y0: Tensor, args: Sequence[Tensor], solver: AbstractSolv
         result[index[done]] = int(Result.successful)
         active = active & ~done
     value, final_cost = value.index_copy(0, index, y), final_cost.index_copy(0, index, cost)
-    return Solution(value=value, result=result, steps=steps, cost=final_cost)
+    return Solution(value=value, result=result, steps=steps, cost=final_cost, kept=kept)

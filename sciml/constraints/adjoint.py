@@ -85,7 +85,7 @@ class _ImplicitSolve(torch.autograd.Function):
         with torch.no_grad():
             sol = primal(y0, [a.detach() if torch.is_tensor(a) else a for a in args])
         box["solution"] = sol
-        ctx.fn, ctx.hessian = fn, hessian
+        ctx.fn, ctx.hessian, ctx.kept = fn, hessian, sol.kept
         tensors = [a if torch.is_tensor(a) else None for a in args]
         ctx.others = [None if torch.is_tensor(a) else a for a in args]
         ctx.save_for_backward(sol.value, *[t for t in tensors if t is not None])
@@ -102,7 +102,7 @@ class _ImplicitSolve(torch.autograd.Function):
             return (None,) * (5 + len(args))
         g_value = torch.zeros_like(y) if g_value is None else g_value
         g_cost = torch.zeros(y.shape[:1], dtype=y.dtype, device=y.device) if g_cost is None else g_cost
-        detached = prepare(ctx.fn, args, backward=True)
+        detached = prepare(ctx.fn, args, backward=True, kept=ctx.kept)
         mu, linearised = None, {}
         if ctx.hessian == "gauss-newton":
             mu = spd_solve(normal_equations(ctx.fn, y, detached)[2], g_value)

@@ -181,10 +181,18 @@ class _Residual:
         atb = (rt @ z_top.unsqueeze(-1)).squeeze(-1)
         return (*tensors[:-2], None, None, gram, atb, r, z_top, rest, torch.empty_like(bases[0]))
 
-    def prepare_backward(self, *tensors: Tensor) -> tuple[Tensor, ...]:
+    def keep_for_backward(self, *prepared: Tensor) -> tuple[Tensor, Tensor]:
+        """(G, A^T b) of :meth:`prepare`: what the implicit backward needs of the rows, n x n per
+        problem, so that it does not form them again."""
+        return prepared[-6], prepared[-5]
+
+    def prepare_backward(self, *tensors: Tensor, kept: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, ...]:
         """What the implicit adjoint's backward needs (G and A^T b, the rows kept as they are):
-        :meth:`prepare` without the factorisation, differentiable, the padding skipped as there."""
+        :meth:`prepare` without the factorisation, differentiable, the padding skipped as there;
+        G and A^T b as the forward solve ``kept`` them where it did (outside autograd)."""
         bases, _, (a, b) = self._split(tensors)
+        if kept is not None and not torch.is_grad_enabled():
+            return (*tensors, *kept, None, None, None, torch.empty_like(bases[0]))
         n = a.shape[-1]
         groups = _row_groups(a, b) if a.device.type == "cpu" and not torch.is_grad_enabled() else [(None, a.shape[-2])]
         gram, atb = a.new_zeros(*a.shape[:-2], n, n), b.new_zeros(*b.shape[:-1], n)

@@ -185,3 +185,18 @@ def test_newton_steps_in_the_navier_stokes_layer_reach_gauss_newtons_cost_in_few
     text = markdown({"quick": True, "date": "d", "machine": "m", "versions": {"peer": "none"}, "versus_optimistix": [],
                      "moe_scaling": [], "newton_steps": rows})
     assert f"| 0 | 17x32x32, 16, 500 | {rows[0]['gauss-newton']['steps']}, 8/8," in text
+
+
+def test_moe_training_step_table_times_both_models_at_each_size():
+    """The paper's scaling experiment (a training step of PI-HC against PI-HC-MoE) at its quick
+    size: both models train a step at every size and the table renders their ratio."""
+    from sciml.bench import solver
+
+    rows = solver.moe_training(quick=True)
+    assert [row["points"] for row in rows] == [100, 1000]
+    for row in rows:
+        assert row["k1_seconds"] > 0 and row["k4_seconds"] > 0
+        assert row["moe_speedup"] == pytest.approx(row["k1_seconds"] / row["k4_seconds"])
+    text = markdown({"quick": True, "date": "d", "machine": "m", "versions": {"peer": "none"}, "versus_optimistix": [],
+                     "moe_scaling": [], "moe_training": rows})
+    assert f"| 1000 | 26x256 | {rows[1]['k1_seconds']:.3g} | {rows[1]['k4_seconds']:.3g} | {rows[1]['moe_speedup']:.2f} |" in text

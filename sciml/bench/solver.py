@@ -375,6 +375,51 @@ def layer_fields(quick: bool, device: str = "cpu") -> list[dict[str, Any]]:
     return rows
 
 
+def moe_training(quick: bool, device: str = "cpu") -> list[dict[str, Any]]:
+    """The paper's scaling experiment, which timed training: one training step (FNO2d forward,
+    the hard-constraint layer, the physics loss, backward to the weights) of PI-HC (one expert x
+    P points) against PI-HC-MoE (4 time experts x P/4), the same network weights and batch,
+    steps of the two interleaved (so a slower spell of a shared machine hits both), the best
+    of ``repeats``. Paper scale (the diffusion-sorption config: width 64, 5 layers, modes 8,
+    101 x 1024, batch 6); quick: a small network on a 26 x 256 grid."""
+    from ..models import PhysicsFNO
+
+    device = torch.device(device)
+    if quick:
+        nt, nx, net, sizes, repeats = 26, 256, {"width": 16, "layers": 3, "modes": (6, 6)}, [100, 1000], 2
+    else:
+        nt, nx, net, repeats = 101, 1024, {"width": 64, "layers": 5, "modes": (8, 8)}, 3
+        sizes = [100, 1000, 20000, 100000] if device.type == "cuda" else [1000, 20000]
+    t, x = np.linspace(0, T_END, nt), (np.arange(nx) + 0.5) / nx
+    u0 = torch.as_tensor(0.01 + 0.29 * np.random.default_rng(0).random((6, nx)), dtype=torch.float32, device=device)
+    rows = []
+    for points in sizes:
+        models = {}
+        for experts in (1, 4):
+            torch.manual_seed(0)
+            models[experts] = PhysicsFNO(PDE, "hard", splits=(experts, 1), basis=16, **net,
+                                         solver={"points": points // experts, "ridge": 1e-8, "tol": 1e-4, "max_steps": 50}).to(device)
+
+        def step(model: PhysicsFNO) -> float:
+            model.zero_grad()
+            _sync(device)
+            t0 = time.perf_counter()
+            model.loss_terms(model(u0, t, x), u0, t, x)["loss"].backward()
+            _sync(device)
+            return time.perf_counter() - t0
+
+        for model in models.values():
+            step(model)  # warm-up
+        times: dict[int, list[float]] = {1: [], 4: []}
+        for _ in range(repeats):
+            for experts, model in models.items():
+                times[experts].append(step(model))
+        row = {"points": points, "grid": f"{nt}x{nx}", "k1_seconds": min(times[1]), "k4_seconds": min(times[4])}
+        row["moe_speedup"] = row["k1_seconds"] / row["k4_seconds"]
+        rows.append(row)
+    return rows
+
+
 def newton_steps(quick: bool, device: str = "cpu") -> list[dict[str, Any]]:
     """Gauss-Newton against Newton steps (``LevenbergMarquardt(hessian="exact")``) in the
     Navier-Stokes layer, whose advection term keeps the residual large at the minimum: an
@@ -448,7 +493,8 @@ def measure(quick: bool, device: str = "cpu") -> dict[str, Any]:
         "benchmark": "solver", "quick": quick, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": device,
         "machine": machine, "versions": {"sciml": __version__, "torch": torch.__version__, "peer": peer},
         "versus_optimistix": versus_optimistix(quick, device), "moe_scaling": moe_scaling(quick, device),
-        "layer_fields": layer_fields(quick, device), "newton_steps": newton_steps(quick, device),
+        "layer_fields": layer_fields(quick, device), "moe_training": moe_training(quick, device),
+        "newton_steps": newton_steps(quick, device),
     }
     return report
 
@@ -474,6 +520,11 @@ def markdown(r: dict[str, Any]) -> str:
         for row in r["layer_fields"]:
             lines.append(f"| {row['experts']} | {row['points_per_expert']} | {row['points_seconds']:.3g} | {row['whole_grid_seconds']:.3g} | "
                          f"{row['speedup']:.1f} | {row['steps']} |")
+    if r.get("moe_training"):
+        lines += ["", "| training step (FNO2d + layer + loss, fwd+bwd), points (total) | grid | 1 expert: s | 4 experts: s | MoE speed-up |",
+                  "|---|---|---|---|---|"]
+        for row in r["moe_training"]:
+            lines.append(f"| {row['points']} | {row['grid']} | {row['k1_seconds']:.3g} | {row['k4_seconds']:.3g} | {row['moe_speedup']:.2f} |")
     if r.get("newton_steps"):
         lines += ["", "| Navier-Stokes layer, seed | grid, N, points/expert | Gauss-Newton: steps, solved, fwd+bwd (s) | "
                   "Newton: steps, solved, fwd+bwd (s) | speed-up | cost Newton / Gauss-Newton |", "|---|---|---|---|---|---|"]

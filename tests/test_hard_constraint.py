@@ -296,14 +296,8 @@ def test_condensed_rows_give_the_cost_of_the_rows_evaluated(ridge):
     solution, where the cost is smallest."""
     from sciml.constraints._solve import normal_equations, prepare
     from sciml.constraints.hard import _Residual
-    from sciml.pdes import Burgers
 
-    pde = Burgers(nu=0.05)
-    names = tuple(pde.fields)
-    g = torch.Generator().manual_seed(4)
-    bases = [torch.randn(4, 30, 5, generator=g, dtype=F64) for _ in names]
-    offsets = [torch.randn(4, 30, generator=g, dtype=F64) for _ in names]
-    a, b = torch.randn(4, 9, 5, generator=g, dtype=F64), torch.randn(4, 9, generator=g, dtype=F64)
+    pde, names, g, bases, offsets, a, b = _burgers_problem(seed=4, rows=9)
     a[1], b[1] = 0.0, 0.0  # no rows: all padding
     a[2, 3:], b[2, 3:] = 0.0, 0.0  # 3 rows for 5 coefficients
     a[3, :, 4] = a[3, :, 0]  # rank 4
@@ -431,14 +425,8 @@ def test_the_backward_reuses_the_forward_gram_with_the_same_gradients():
     from sciml.constraints._solution import Solution
     from sciml.constraints._solve import solve
     from sciml.constraints.hard import _Residual
-    from sciml.pdes import Burgers
 
-    pde = Burgers(nu=0.05)
-    names = tuple(pde.fields)
-    g = torch.Generator().manual_seed(5)
-    bases = [torch.randn(4, 30, 5, generator=g, dtype=F64) for _ in names]
-    offsets = [torch.randn(4, 30, generator=g, dtype=F64) for _ in names]
-    a, b = torch.randn(4, 12, 5, generator=g, dtype=F64), torch.randn(4, 12, generator=g, dtype=F64)
+    pde, names, _, bases, offsets, a, b = _burgers_problem(seed=5, rows=12)
     a[1:, 3:], b[1:, 3:] = 0.0, 0.0  # padded experts
     fn = _Residual(pde, names, 1e-3, 1.0)
     seen = []
@@ -483,3 +471,17 @@ def test_the_layer_keeps_its_sampled_points_on_the_bases_device():
         with pytest.raises(Exception) as raised:
             layer(fields, rows=rows)
     assert "DynamicOutputShape" in type(raised.value).__name__, raised.value
+
+
+def _burgers_problem(seed: int, rows: int, problems: int = 4, points: int = 30, n: int = 5):
+    """(pde, names, generator, bases, offsets, A, b): random fields of the layer's residual for
+    Burgers at ``points`` points and ``rows`` linear rows per problem, float64."""
+    from sciml.pdes import Burgers
+
+    pde = Burgers(nu=0.05)
+    names = tuple(pde.fields)
+    g = torch.Generator().manual_seed(seed)
+    bases = [torch.randn(problems, points, n, generator=g, dtype=F64) for _ in names]
+    offsets = [torch.randn(problems, points, generator=g, dtype=F64) for _ in names]
+    a, b = torch.randn(problems, rows, n, generator=g, dtype=F64), torch.randn(problems, rows, generator=g, dtype=F64)
+    return pde, names, g, bases, offsets, a, b

@@ -92,6 +92,31 @@ def _quiet_libraries(debug: bool) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+# glibc's mallopt parameter for how many allocations may be mapped fresh from the kernel.
+_M_MMAP_MAX = -4
+
+
+def keep_large_allocations() -> bool:
+    """Serve every allocation from glibc's reused heap (``mallopt(M_MMAP_MAX, 0)``, what
+    ``MALLOC_MMAP_MAX_=0`` does), unless the environment says otherwise: glibc maps each
+    allocation above 32 MB fresh from the kernel and unmaps it when freed, so every training
+    step pays the page faults of its large tensors again (half the CPU time in the kernel while
+    training Navier-Stokes at CPU scale; benchmarks/RESULTS.md). The price: the process keeps the
+    memory it has used. ``SCIML_MALLOC=system`` (or any ``MALLOC_MMAP_MAX_``) leaves glibc's
+    default. True where applied (Linux with glibc)."""
+    import ctypes
+    import platform
+
+    if os.environ.get("SCIML_MALLOC", "").lower() == "system" or "MALLOC_MMAP_MAX_" in os.environ:
+        return False
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        return bool(ctypes.CDLL(None).mallopt(_M_MMAP_MAX, 0))
+    except (OSError, AttributeError):
+        return False
+
+
 def _parse_params(items: Sequence[str]) -> dict:
     import yaml
 
@@ -188,6 +213,7 @@ def _paragraph(text: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     _quiet_libraries(args.debug)
+    keep_large_allocations()
     try:
         return _dispatch(args)
     except SciMLError as exc:

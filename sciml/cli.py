@@ -92,18 +92,20 @@ def _quiet_libraries(debug: bool) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-# glibc's mallopt parameter for how many allocations may be mapped fresh from the kernel.
-_M_MMAP_MAX = -4
+# glibc's mallopt parameters: the free memory at the heap's top that is kept rather than returned to
+# the kernel, and how many allocations may be mapped fresh from it.
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
 
 def keep_large_allocations() -> bool:
-    """Serve every allocation from glibc's reused heap (``mallopt(M_MMAP_MAX, 0)``, what
-    ``MALLOC_MMAP_MAX_=0`` does), unless the environment says otherwise: glibc maps each
-    allocation above 32 MB fresh from the kernel and unmaps it when freed, so every training
-    step pays the page faults of its large tensors again (half the CPU time in the kernel while
-    training Navier-Stokes at CPU scale; benchmarks/RESULTS.md). The price: the process keeps the
-    memory it has used. ``SCIML_MALLOC=system`` (or any ``MALLOC_MMAP_MAX_``) leaves glibc's
-    default. True where applied (Linux with glibc)."""
+    """Serve every allocation from glibc's reused heap and keep up to 2 GB free at its top
+    (``mallopt(M_MMAP_MAX, 0)``, ``mallopt(M_TRIM_THRESHOLD, 2**31 - 1)``: what
+    ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647`` do), unless the environment says
+    otherwise: glibc maps each allocation above 32 MB fresh from the kernel and unmaps it when
+    freed, so every training step pays the page faults of its large tensors again (half the CPU
+    time in the kernel while training Navier-Stokes at CPU scale; benchmarks/RESULTS.md). The
+    price: the process keeps the memory it has used. ``SCIML_MALLOC=system`` (or any
+    ``MALLOC_MMAP_MAX_``) leaves glibc's default. True where applied (Linux with glibc)."""
     import ctypes
     import platform
 
@@ -112,7 +114,8 @@ def keep_large_allocations() -> bool:
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:
-        return bool(ctypes.CDLL(None).mallopt(_M_MMAP_MAX, 0))
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
     except (OSError, AttributeError):
         return False
 

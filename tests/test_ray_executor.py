@@ -61,7 +61,9 @@ def test_ray_chunks_give_the_local_values_statuses_and_gradients(ray):
     u_ray, g_ray, s_ray = solve_with(RayExecutor(num_workers=3), basis, rows, layer, points, weight)  # chunks of 3, 3, 2
     assert s_local.successful.all() and s_local.value.shape[0] == 8
     torch.testing.assert_close(u_ray, u_local, rtol=0, atol=1e-10)
-    torch.testing.assert_close(g_ray, g_local, rtol=0, atol=1e-10)
+    # The local backward takes G = R^T R + ridge from the forward's QR of the rows; the Ray forward keeps nothing,
+    # so the backward forms A^T A + ridge from the rows: the same matrix up to round-off (~1e-11 relative here).
+    torch.testing.assert_close(g_ray, g_local, rtol=1e-9, atol=1e-12)
     assert float(g_local.abs().max()) > 1e-3  # the comparison is not between two zeros
     assert s_ray.result.tolist() == s_local.result.tolist() and s_ray.steps == s_local.steps
     torch.testing.assert_close(s_ray.cost, s_local.cost, rtol=1e-12, atol=1e-14)

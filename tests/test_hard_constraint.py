@@ -150,6 +150,23 @@ def test_spatial_experts_recover_the_exact_solution_too(splits):
     assert float((u[0] - exact).norm() / exact.norm()) < 2e-3
 
 
+def test_rows_hold_for_the_returned_fields_with_offsets():
+    """With offsets c the layer returns B w + c; the IC rows must hold for that field, not for B w."""
+    fields, rows, exact = heat_setup(nt=21, nx=16, extra=3)
+    t = torch.linspace(0, 1, 21, dtype=F64)
+    x = torch.arange(16, dtype=F64) * 2 * math.pi / 16
+    tt, xx = torch.meshgrid(t, x, indexing="ij")
+    c = 0.7 * torch.exp(-NU * tt) * torch.sin(xx)  # an exact heat solution: the offset keeps the PDE exact
+    offsets = {"u": c[None], "u_t": (-NU * c)[None], "u_x": (0.7 * torch.exp(-NU * tt) * torch.cos(xx))[None], "u_xx": (-c)[None]}
+    truth = exact + c
+    layer = HardConstraint(ConvectionDiffusion(beta=0.0, nu=NU), grid=exact.shape, splits=(1, 2), points=50, ridge=1e-10, max_steps=200)
+    rows = Rows(points=rows.points, coefficients={"u": 1.0}, target=truth[0][None])
+    u = layer(fields, offsets=offsets, rows=rows, points=layer.sample_points(torch.Generator().manual_seed(0)))
+    assert layer.last_solution.successful.all()
+    assert float((u[0, 0] - truth[0]).abs().max()) < 1e-6  # off by c(0) = 0.7 sin x when the offsets are left out
+    assert float((u[0] - truth).norm() / truth.norm()) < 2e-3
+
+
 def test_one_expert_is_plain_least_squares_on_the_same_points():
     fields, rows, exact = heat_setup(extra=6)
     pde = ConvectionDiffusion(beta=0.0, nu=NU)
@@ -208,6 +225,12 @@ def test_bad_layer_inputs_are_refused():
         layer(fields, rows=rows)
     with pytest.raises(ValueError, match="u_xx"):
         HardConstraint(pde, grid=exact.shape, points=10)({"u": fields["u"], "u_t": fields["u_t"], "u_x": fields["u_x"]})
+    two = HardConstraint(pde, grid=exact.shape, splits=(1, 2), points=10)
+    with pytest.raises(ValueError, match=r"`points` has 1 rows but the layer has 2 experts"):
+        two(fields, rows=rows, points=two.sample_points()[:1])
+    swapped = two.sample_points().flip(0)
+    with pytest.raises(ValueError, match="expert 0's `points` lie outside its block"):
+        two(fields, rows=rows, points=swapped)
 
 
 def test_structured_jacobian_equals_forward_mode_products():

@@ -423,6 +423,8 @@ class HardConstraint(nn.Module):
         if isinstance(bases, GridFields) and return_fields:
             bases = bases.full()
         offs = {k: (offsets[k].reshape(batch, -1) if offsets and k in offsets else None) for k in given}
+        if points is not None:
+            self._check_points(points)
         idx = (self.sample_points() if points is None else points).to(u_basis.device)  # sampled on the CPU
         k_exp, p = idx.shape
         # Every field at the sampled points and the rows' points, in one call.
@@ -437,7 +439,7 @@ class HardConstraint(nn.Module):
             at = {k: bases[k].reshape(batch, -1, n)[:, where] for k in wanted}
         gathered = [at[name][:, : k_exp * p].reshape(batch, k_exp, p, n) for name in names]
         offset_pts = [offs[name][:, idx] if offs[name] is not None else torch.zeros(batch, k_exp, p, dtype=u_basis.dtype, device=u_basis.device) for name in names]
-        a, b = self._rows({k: v[:, k_exp * p:] for k, v in at.items()}, rows, batch, n, u_basis)
+        a, b = self._rows({k: v[:, k_exp * p:] for k, v in at.items()}, rows, batch, n, u_basis, offs)
         args = [g.reshape(batch * k_exp, p, n) for g in gathered] + [o.reshape(batch * k_exp, p) for o in offset_pts] + [a, b]
         fn = _Residual(self.pde, names, self.ridge, self.residual_scale)
         y0 = torch.zeros(batch * k_exp, n, dtype=u_basis.dtype, device=u_basis.device)
@@ -449,9 +451,28 @@ class HardConstraint(nn.Module):
             return {name: _stitch(bases[name], w, label, offs[name], self.partition.grid) for name in given}
         return _stitch(u_basis, w, label, offs["u"], self.partition.grid)
 
-    def _rows(self, at_rows: Mapping[str, Tensor], rows: Rows | None, batch: int, n: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    def _check_points(self, points: Tensor) -> None:
+        """Given sampled points must be [experts, p] flat grid indices, row k in expert k's block."""
+        k_exp = self.partition.experts
+        if points.ndim != 2 or points.shape[0] != k_exp or points.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"`points` has {points.shape[0] if points.ndim else 0} rows but the layer has {k_exp} experts: "
+                             f"pass integer grid indices [experts, p] (shape {tuple(points.shape)}, dtype {points.dtype} given), "
+                             "e.g. from `layer.sample_points()`.")
+        size = self.partition.label.numel()
+        flat = points.cpu()
+        if bool(((flat < 0) | (flat >= size)).any()):
+            raise ValueError(f"`points` must be flat indices into the grid, 0 .. {size - 1}; got {int(flat.min())} .. {int(flat.max())}.")
+        outside = self.partition.label[flat] != torch.arange(k_exp)[:, None]
+        if bool(outside.any()):
+            k = int(outside.any(-1).nonzero()[0])
+            raise ValueError(f"expert {k}'s `points` lie outside its block ({int(outside[k].sum())} of {points.shape[1]}): "
+                             "row k of `points` must sample expert k's block, as `layer.sample_points()` does.")
+
+    def _rows(self, at_rows: Mapping[str, Tensor], rows: Rows | None, batch: int, n: int, like: Tensor,
+              offsets: Mapping[str, Tensor | None]) -> tuple[Tensor, Tensor]:
         """(A [batch*K, q_max, n], b [batch*K, q_max]): each expert's rows, zero-padded, from the
-        fields at the rows' points {name: [batch, q, n]}."""
+        fields at the rows' points {name: [batch, q, n]}. The rows hold for the fields the layer
+        returns, B w + c: the offsets' part of each row moves to the right-hand side."""
         k_exp = self.partition.experts
         if rows is None:
             return like.new_zeros(batch * k_exp, 0, n), like.new_zeros(batch * k_exp, 0)
@@ -459,7 +480,11 @@ class HardConstraint(nn.Module):
         a = sum(torch.as_tensor(c, dtype=like.dtype, device=like.device)[..., None] * at_rows[name] for name, c in rows.coefficients.items())
         scale = torch.as_tensor(rows.scale, dtype=like.dtype, device=like.device)
         a = a / (scale[..., None] if scale.ndim else scale)
-        b = (rows.target.to(like) / scale).expand(batch, len(pts))
+        target = rows.target.to(like).expand(batch, len(pts))
+        for name, c in rows.coefficients.items():
+            if offsets.get(name) is not None:
+                target = target - torch.as_tensor(c, dtype=like.dtype, device=like.device) * offsets[name][:, pts].to(like)
+        b = target / scale
         # Each row's expert, counted on the CPU: one copy of the points from a GPU, not a wait
         # for a bincount and one for each expert's nonzero.
         owner = self.partition.label[rows.points.cpu()]

@@ -159,6 +159,17 @@ def test_float64_solve_under_float32_inputs():
     torch.testing.assert_close(sol.value.double(), ref, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("solver", [GaussNewton(), LevenbergMarquardt()])
+@pytest.mark.parametrize("fn", [linear, nonlinear])
+def test_a_float32_solve_under_the_default_tolerances_converges(solver, fn):
+    """rtol = 1e-8 is below float32's rounding: the solve must still stop, at float32 precision."""
+    a, b = problem()
+    sol = least_squares(fn, torch.zeros(3, 4), (a.float(), b.float()), solver=solver, max_steps=50)  # raises if not converged
+    assert sol.successful.all() and sol.steps <= 10, (sol.result.tolist(), sol.steps)
+    ref = least_squares(fn, torch.zeros(3, 4, dtype=F64), (a.float().double(), b.float().double()), max_steps=200).value
+    torch.testing.assert_close(sol.value.double(), ref, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"y0": torch.zeros(4)}, r"`y0` must be \[batch, n\]"),
     ({"max_steps": 0}, r"`max_steps` \(=0\)"),

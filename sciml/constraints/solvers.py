@@ -63,7 +63,10 @@ class AbstractSolver(ABC):
     Convergence of problem b after a step: the step proposed is small, max|delta| <= atol +
     rtol max|y| (whether or not it was taken: the point is then within the tolerance of where
     the step leads); or the cost stopped moving, 0 < decrease <= rtol^2 cost after an accepted
-    step (y is then known to about rtol); or the residual vanishes, |r| <= atol.
+    step (y is then known to about rtol); or the residual vanishes, |r| <= atol. Relative
+    tolerance finer than the working precision counts as 16 ulps of it, for the step and for the
+    cost's change (float32 solves under the float64 defaults converge instead of running to
+    ``max_steps``).
     """
 
     rtol: float
@@ -84,8 +87,13 @@ class AbstractSolver(ABC):
         return torch.isfinite(new_cost)
 
     def converged(self, y: Tensor, delta: Tensor, state: dict[str, Tensor], decrease: Tensor, cost: Tensor) -> Tensor:
-        small_step = delta.abs().amax(-1) <= self.atol + self.rtol * y.abs().amax(-1)
-        flat = (decrease > 0) & (decrease <= self.rtol**2 * cost)
+        # A tolerance below the dtype's rounding could never be met (rtol = 1e-8 in float32):
+        # there a step counts as small within 16 ulps of |y|, and the cost as flat once it moves
+        # by 16 ulps or less.
+        floor = 16 * torch.finfo(y.dtype).eps
+        rtol, flat_tol = (self.rtol, self.rtol**2) if self.rtol >= floor else (floor, floor)
+        small_step = delta.abs().amax(-1) <= self.atol + rtol * y.abs().amax(-1)
+        flat = (decrease > 0) & (decrease <= flat_tol * cost)
         return small_step | flat | self.vanished(cost)
 
     def vanished(self, cost: Tensor) -> Tensor:

@@ -3,6 +3,8 @@ differences and against backpropagation through the iterations."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -457,3 +459,20 @@ def test_the_singular_fallback_keeps_the_solve_differentiable():
     assert torch.isfinite(x).all()
     x.sum().backward()  # raised "modified by an inplace operation" before
     assert a.grad is not None and b.grad is not None
+
+
+@pytest.mark.parametrize("name", ["log", "sqrt"])
+def test_a_rejected_nonfinite_trial_leaves_the_unrolled_gradient_finite(name):
+    """Levenberg-Marquardt's first trial lands at y < 0, where log and sqrt are NaN; the trial is
+    rejected, the solve converges, and backpropagating through the iterations must give
+    dy*/dc, not 0 * NaN from the rejected branch (nor from the damping's gain ratio)."""
+    # y*(c) = exp(c) and c^2: dy*/dc = exp(c) and 2c
+    fn, c0, slope = {"log": (lambda y, c: torch.log(y) - c, -3.0, math.exp),
+                     "sqrt": (lambda y, c: torch.sqrt(y) - c, 0.05, lambda c: 2 * c)}[name]
+    theta = torch.tensor(1.0, dtype=F64, requires_grad=True)  # shared by both problems: a NaN would reach both
+    c = torch.tensor([[c0], [0.5]], dtype=F64) * theta
+    for adjoint in (UnrolledAdjoint(), ImplicitAdjoint()):
+        sol = least_squares(fn, torch.ones(2, 1, dtype=F64), (c,), solver=LevenbergMarquardt(), adjoint=adjoint, max_steps=60)
+        (g,) = torch.autograd.grad(sol.value.sum(), theta, retain_graph=True)
+        want = c0 * slope(c0) + 0.5 * slope(0.5)
+        assert math.isfinite(float(g)) and abs(float(g) - want) < 1e-7 * abs(want), (type(adjoint).__name__, float(g), want)

@@ -147,6 +147,11 @@ def solve(fn: Residual, y0: Tensor, args: Sequence[Tensor], solver: AbstractSolv
         trial = y + delta
         cost_new, grad_new, gram_new, hess_new = evaluate(trial)
         finite_new = _finite(cost_new, grad_new, gram_new)
+        if torch.is_grad_enabled() and not bool(finite_new.all()):
+            # Under autograd (the unrolled adjoint) a rejected non-finite trial would still reach
+            # the gradient, as 0 * NaN through torch.where's other branch: those problems are
+            # evaluated again at their current point, which the rejection keeps anyway.
+            cost_new, grad_new, gram_new, hess_new = evaluate(torch.where(finite_new[:, None], trial, y))
         keep = active & solver.accept(cost, torch.where(finite_new, cost_new, torch.full_like(cost_new, float("inf"))), step, state) & finite_new
         # A stateless solver (Gauss-Newton) would propose the same non-finite step again: give up on it.
         stuck = active & ~finite_new & (not state)

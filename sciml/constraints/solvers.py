@@ -174,15 +174,21 @@ class LevenbergMarquardt(AbstractSolver):
         # The damping that would shorten this step noticeably: its curvature along delta relative
         # to the damping's metric, delta^T H delta / delta^T D delta (a damping far below it
         # leaves the step as it is).
-        curvature = (delta.unsqueeze(-2) @ model @ delta.unsqueeze(-1)).squeeze(-1).squeeze(-1)
-        state["bite"] = (curvature / (metric * delta.pow(2)).sum(-1).clamp_min(torch.finfo(grad.dtype).tiny)).clamp_min(0)
+        d, h = delta.detach(), model.detach()  # the damping's state stays out of autograd (see accept)
+        curvature = (d.unsqueeze(-2) @ h @ d.unsqueeze(-1)).squeeze(-1).squeeze(-1)
+        state["bite"] = (curvature / (metric.detach() * d.pow(2)).sum(-1).clamp_min(torch.finfo(grad.dtype).tiny)).clamp_min(0)
         # |J y|: the size of what the residual sums at y, which sets the rounding of the cost.
-        state["size"] = (y.unsqueeze(-2) @ gram @ y.unsqueeze(-1)).squeeze(-1).squeeze(-1).clamp_min(0).sqrt()
+        y_, g_ = y.detach(), gram.detach()
+        state["size"] = (y_.unsqueeze(-2) @ g_ @ y_.unsqueeze(-1)).squeeze(-1).squeeze(-1).clamp_min(0).sqrt()
         return Step(delta, _predicted_decrease(model, grad, delta))
 
     def accept(self, cost: Tensor, new_cost: Tensor, step: Step, state: dict[str, Tensor]) -> Tensor:
+        # The damping is the step rule's setting, not a function to differentiate: under the
+        # unrolled adjoint its updates stay out of the graph (the gain ratio's division by a
+        # vanishing prediction would send 0 * inf = NaN back through torch.where).
+        cost, new_cost, predicted = cost.detach(), new_cost.detach(), step.predicted.detach()
         actual = cost - new_cost
-        ratio = torch.where(step.predicted > 0, actual / step.predicted.clamp_min(torch.finfo(cost.dtype).tiny), torch.zeros_like(cost))
+        ratio = torch.where(predicted > 0, actual / predicted.clamp_min(torch.finfo(cost.dtype).tiny), torch.zeros_like(cost))
         # Near a nonzero minimum the cost stops resolving the last digits of y (a change of
         # |J| dy^2 drowns in its rounding): there, take the step if it does not increase the
         # cost beyond rounding, so y still converges to full precision. The cost's rounding:
@@ -190,7 +196,7 @@ class LevenbergMarquardt(AbstractSolver):
         # which dominates where the residual is small next to the terms it sums.
         eps = torch.finfo(cost.dtype).eps
         roundoff = 64 * eps * cost.abs() + 16 * eps * state["size"] * (2 * cost.abs()).sqrt()
-        in_noise = (step.predicted.abs() <= roundoff) & (actual >= -roundoff)
+        in_noise = (predicted.abs() <= roundoff) & (actual >= -roundoff)
         good = torch.isfinite(new_cost) & (((actual >= 0) & ((ratio > 1e-4) | (actual == 0))) | in_noise)
         lam, nu = state["lambda"], state["nu"]
         # A step in the noise says nothing about the model's quality: the damping stays.

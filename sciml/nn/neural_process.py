@@ -174,12 +174,19 @@ class NeuralProcess(nn.Module):
         if not self.latent:
             return self.decode(xt, r, None)
         prior = self.latent_dist(xc, yc)
-        mean = second = 0.0
-        for _ in range(n_latent):
+        # The mixture's moments in float64, its spread of means by Welford's update: as
+        # E[var + mean^2] - E[mean]^2 in float32 a variance near min_sigma^2 under |u| ~ 1 would
+        # lose most of its digits to cancellation.
+        mean = spread = within = torch.zeros((), dtype=torch.float64, device=xt.device)
+        for i in range(1, n_latent + 1):
             p = self.decode(xt, r, prior.mean + prior.std * torch.randn_like(prior.std))
-            mean = mean + p.mean / n_latent
-            second = second + (p.var + p.mean.pow(2)) / n_latent
-        return Gaussian(mean, (second - mean.pow(2)).clamp_min(self.min_sigma**2).sqrt())
+            m = p.mean.double()
+            d = m - mean
+            mean = mean + d / i
+            spread = spread + d * (m - mean)
+            within = within + p.var.double()
+        var = (within + spread) / n_latent
+        return Gaussian(mean.to(p.mean.dtype), var.clamp_min(self.min_sigma**2).sqrt().to(p.mean.dtype))
 
     def _check(self, xc: Tensor, yc: Tensor, xt: Tensor) -> None:
         ok = (xc.ndim == yc.ndim == xt.ndim == 3 and xc.shape[:2] == yc.shape[:2] and xc.shape[0] == xt.shape[0]

@@ -178,6 +178,11 @@ def test_model_config_errors():
         NeuralProcessModel(pde, softc_functions=-2)
     with pytest.raises(ConfigError, match=r"model.lr_floor \(=0.01\) must be a number in \(0, model.lr = 0.001\]"):
         NeuralProcessModel(pde, lr=1e-3, lr_floor=1e-2)
+    with pytest.raises(ConfigError, match=r"model.bounds .* with model.sigma_g \(=0.05\) > 0.*set model.sigma_g: 0"):
+        NeuralProcessModel(pde, bounds=[0.0, None], sigma_g=0.05)
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ConfigError, match=rf"model.n_latent \(={bad}\) must be an integer >= 1"):
+            NeuralProcessModel(pde, n_latent=bad)
 
 
 def test_lr_floor_decays_the_rate_along_a_cosine_to_the_floor(tmp_path):

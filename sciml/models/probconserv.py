@@ -72,6 +72,11 @@ class NeuralProcessModel(Checkpointed, L.LightningModule):
             raise ConfigError(f"model.sigma_g (={sigma_g!r}) must be a finite number >= 0 (0: the conservation law holds exactly).")
         if bounds is not None and (len(bounds) != 2 or (None not in bounds and bounds[0] >= bounds[1])):
             raise ConfigError(f"model.bounds (={bounds!r}) must be [lower, upper] with lower < upper (null for an open side), e.g. [0.0, null].")
+        if bounds is not None and sigma_g > 0:
+            raise ConfigError(f"model.bounds (={bounds!r}) with model.sigma_g (={sigma_g!r}) > 0: the bounded update enforces the "
+                              "conservation law exactly; set model.sigma_g: 0 or model.bounds: null.")
+        if isinstance(n_latent, bool) or not isinstance(n_latent, int) or n_latent < 1:
+            raise ConfigError(f"model.n_latent (={n_latent!r}) must be an integer >= 1 (latent samples per prediction; paper: 50).")
         self.pde, self.kind, self.lr, self.softc_weight, self.n_latent = pde, kind, float(lr), float(softc_weight), int(n_latent)
         self.lr_floor = None if lr_floor is None else float(lr_floor)
         self.sigma_g, self.softc_functions = float(sigma_g), int(softc_functions)

@@ -180,6 +180,16 @@ def test_samples_with_a_singular_full_prior_covariance():
     sample_checks(conservation_update(mean, cov=cov, G=G, b=b), G, b, 0.0)
 
 
+def test_sampling_refuses_an_indefinite_prior_covariance():
+    """Symmetric with a nonnegative diagonal but an eigenvalue of -0.27: samples could not have its
+    variances, so sampling says so instead of dropping the negative part."""
+    cov = torch.tensor([[1.0, 0.0, 0.9], [0.0, 1.0, 0.9], [0.9, 0.9, 1.0]], dtype=F64)
+    post = conservation_update(torch.zeros(3, dtype=F64), G=torch.tensor([[1.0, -1.0, 0.0]], dtype=F64),
+                               b=torch.zeros(1, dtype=F64), cov=cov)
+    with pytest.raises(ValueError, match=r"`cov` is not positive semidefinite \(.*eigenvalue -0.273 against largest 2.27"):
+        post.sample(10)
+
+
 def test_samples_are_batched_and_reproducible():
     mean, var, G, b = problem(n=5, m=2, batch=(3,))
     post = conservation_update(mean, var, G, b)

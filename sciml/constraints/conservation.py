@@ -45,6 +45,7 @@ from .convex import CLARABEL, INFEASIBLE
 F64 = torch.float64
 BACKENDS = ("auto", "active_set", "cvxpylayers")
 PIVOT_RTOL = 1e-12  # a Cholesky pivot of A below this fraction of A's diagonal entry: A is singular
+PSD_RTOL = 1e-10  # a covariance eigenvalue below -this fraction of the largest: not positive semidefinite
 VAR_FLOOR_RTOL = 1e-12  # log_likelihood floors variances at this fraction of the largest prior variance
 BISECTION_STEPS = 200  # halvings of the multiplier's bracket (stops early once no midpoint is left)
 
@@ -238,6 +239,13 @@ def _psd_sqrt(cov: Tensor) -> Tensor:
     if not bool((info != 0).any()):
         return chol
     vals, vecs = torch.linalg.eigh(cov)
+    low, high = vals[..., 0], vals[..., -1]
+    if bool((low < -PSD_RTOL * high.clamp_min(torch.finfo(F64).tiny)).any()):
+        i = _first_index(low < -PSD_RTOL * high)
+        where = f"batch index {i}: " if i else ""
+        raise ValueError(f"`cov` is not positive semidefinite ({where}eigenvalue {float(low[i]):.3g} against "
+                         f"largest {float(high[i]):.3g}); samples would not have its variances. Pass a covariance, "
+                         "e.g. V diag(max(lambda, 0)) V^T from its eigendecomposition.")
     return vecs * vals.clamp_min(0).sqrt().unsqueeze(-2)
 
 

@@ -146,7 +146,7 @@ class LevenbergMarquardt(AbstractSolver):
     rtol: float = 1e-8
     atol: float = 1e-10
     damping: float = 1e-6
-    min_damping: float = 1e-12
+    min_damping: float = 1e-16
     max_damping: float = 1e12
     min_shrink: float = 1e-2
     hessian: str = "gauss-newton"

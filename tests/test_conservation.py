@@ -396,7 +396,12 @@ def test_singular_law_names_the_row_and_suggests_noise():
         conservation_update(mean, var, G, b)
     assert torch.isfinite(conservation_update(mean, var, G, b, sigma_g=0.1).mean).all()
     dependent = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 2.0, 2.0]], dtype=F64)
-    with pytest.raises(ValueError, match=r"batch index \(1,\), row 1 of `G`"):
+    with pytest.raises(ValueError, match=r"batch index \(1,\), row 1 of `G`.*e.g. 2.8e-06: 1e-6 times the largest row"):
         conservation_update(mean.expand(2, 4), var, torch.stack([G + dependent, dependent]), b)
+    # The suggested noise, or anything that keeps A's factorisation going, is then accepted: with
+    # sigma_g > 0, A = sigma_g^2 I + G Sigma G^T is positive definite (here cond(A) ~ 1e13).
+    for sigma_g in (2.8e-6, 1e-7):
+        post = conservation_update(mean, var, dependent, torch.tensor([1.0, 2.0], dtype=F64), sigma_g=sigma_g)
+        torch.testing.assert_close(dependent @ post.mean, torch.tensor([1.0, 2.0], dtype=F64), rtol=0, atol=1e-9)
     with pytest.raises(ValueError, match=r"G G\^T is singular \(row 1"):
         hard_projection(mean, dependent, b)

@@ -184,12 +184,16 @@ def _sigma(sigma_g: Any, m: int, device: torch.device) -> Tensor:
     return s.expand(m)
 
 
-def _check_singular(A: Tensor, chol: Tensor, info: Tensor, what: str, fix: str) -> None:
-    """Raise if A (or its Cholesky factor) shows a singular matrix, naming batch index and row."""
+def _check_singular(A: Tensor, chol: Tensor, info: Tensor, what: str, fix: str, noise: Tensor | None = None) -> None:
+    """Raise if A (or its Cholesky factor) shows a singular matrix, naming batch index and row.
+    Rows with ``noise`` > 0 (sigma_g^2 on A's diagonal: positive definite by construction) fail
+    only where the factorisation itself does."""
     diag = A.detach().diagonal(dim1=-2, dim2=-1)
     pivots = chol.detach().diagonal(dim1=-2, dim2=-1) ** 2
     ratio = torch.where(diag > 0, pivots / diag.clamp_min(torch.finfo(F64).tiny), torch.zeros_like(diag))
     bad_rows = (ratio < PIVOT_RTOL) | torch.isnan(ratio)
+    if noise is not None:
+        bad_rows = bad_rows & ~(noise.detach() > 0)
     failed = info != 0
     bad = failed | bad_rows.any(-1)
     if not bool(bad.any()):
@@ -201,6 +205,9 @@ def _check_singular(A: Tensor, chol: Tensor, info: Tensor, what: str, fix: str) 
         row = int(torch.nonzero(bad_rows[index])[0])
         pivot = f"{float(ratio[index][row]):.3g}"
     where = f"batch index {index}, " if index else ""
+    top = float(diag[index].amax())  # the largest row's prior variance of G u
+    fix = fix.replace("{scale}", f"{1e-6 * top ** 0.5:.2g}: 1e-6 times the largest row's prior standard deviation of G u" if top > 0
+                      else "1e-6 times the scale of b")
     raise ValueError(f"{what} is singular ({where}row {row} of `G`, relative Cholesky pivot {pivot}): {fix}")
 
 
@@ -280,7 +287,8 @@ def conservation_update(mean: Tensor, var: Tensor | None = None, G: Tensor | Non
     _check_singular(A, chol, info, "A = sigma_g^2 I + G Sigma G^T",
                     "the prior variance is zero on that row's support, or the row is a linear combination of "
                     "other rows (or of other rows' supports with zero variance); pass sigma_g > 0 "
-                    "(e.g. 1e-6 times the scale of b) or drop the row.")
+                    "(e.g. {scale}) or drop the row.",
+                    noise=sigma)
     w = torch.linalg.solve_triangular(chol, U.mT, upper=False)  # [..., m, n]
     resid = (G @ mu.unsqueeze(-1)).squeeze(-1) - b  # [..., m]
     v = torch.linalg.solve_triangular(chol, resid.unsqueeze(-1), upper=False)

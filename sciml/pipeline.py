@@ -248,8 +248,10 @@ def predict_to_file(checkpoint: str | Path, data: str | Path, out: str | Path) -
 
     model = load_model(checkpoint)
     if not hasattr(model, "predict_grid"):
+        call = next((f"{m}()" for m in ("predict_samples", "predict") if callable(getattr(model, m, None))), None)
+        python = f" or, in Python, call its {call} (sciml.models.load_model)" if call else ""
         raise ConfigError(f"`sciml predict` predicts grid models (PINNs) on a dataset's grid; {checkpoint} holds a "
-                          f"{type(model).__name__}: evaluate it with `sciml evaluate RUN_DIR` or call its predict_samples().")
+                          f"{type(model).__name__}: evaluate it with `sciml evaluate RUN_DIR`{python}.")
     ds = read_dataset(data)
     if ds.is_mesh or "x" not in ds.grid:
         raise DataError(f"{data} has no 1D tensor grid (/grid/x, /grid/t); {type(model).__name__} predicts on (t, x) grids.")
@@ -270,8 +272,15 @@ def _numeric(params: dict[str, Any]) -> dict[str, float]:
 
 def _device_name(model: L.LightningModule) -> str:
     device = next(model.parameters()).device
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else _cpu_name()
+
+
+def host_device() -> str:
+    """This process's compute device in metrics.json's words: the GPU where torch sees one."""
+    return f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else _cpu_name()
+
+
+def _cpu_name() -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 

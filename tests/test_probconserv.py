@@ -351,7 +351,11 @@ def test_diffusion_study_tabulates_every_variant_and_reevaluates_identically(tmp
     (tmp_path / "study" / "results.md").unlink()
     whole = evaluate_run(tmp_path / "study")  # the study: every run, then the table afresh
     assert whole["metrics"] == report["metrics"] and (tmp_path / "study" / "results.md").read_text() == table
-    assert json.loads((tmp_path / "study" / "metrics.json").read_text())["metrics"] == report["metrics"]
+    written = json.loads((tmp_path / "study" / "metrics.json").read_text())
+    assert written["metrics"] == report["metrics"]
+    # DESIGN.md's metrics.json keys, the device being that of the study's runs
+    assert {"experiment", "model", "metrics", "per_case", "seconds", "device", "versions"} <= set(written)
+    assert written["device"] == before["device"] and written["versions"]["torch"] == torch.__version__
 
 
 def test_mesh_quick_run_conserves_on_unstructured_triangles(tmp_path, monkeypatch):

@@ -85,7 +85,7 @@ def run_study(path: Path, raw: dict, out: Path | None, quick: bool, overrides: S
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").unlink(missing_ok=True)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-    report = {"experiment": name, **fn(out=out, quick=quick, **args)}
+    report = _with_provenance({"experiment": name, **fn(out=out, quick=quick, **args)}, out)
     atomic_write_json(out / "metrics.json", report)
     return report
 
@@ -107,8 +107,29 @@ def evaluate_study(run_dir: Path, raw: dict) -> dict[str, Any]:
     except TypeError as exc:
         raise ConfigError(f"{run_dir / 'config.yaml'}: its `args` do not fit {raw.get('study')} ({exc}); rerun the study with `sciml run`.") from exc
     set_threads(raw.get("threads", 1))
-    report = {"experiment": str(raw.get("name", "")), **reevaluate(out=run_dir, **args)}
+    report = _with_provenance({"experiment": str(raw.get("name", "")), **reevaluate(out=run_dir, **args)}, run_dir)
     atomic_write_json(run_dir / "metrics.json", report)
+    return report
+
+
+def _with_provenance(report: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The study's report with metrics.json's ``device`` and ``versions`` where its function
+    left them out: the devices its runs (``out/*/metrics.json``) report, else this host's."""
+    import json
+
+    from ..pipeline import host_device, versions
+
+    if "device" not in report:
+        devices = []
+        for path in sorted(out.glob("*/metrics.json")):
+            try:
+                device = json.loads(path.read_text()).get("device")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if isinstance(device, str) and device not in devices:
+                devices.append(device)
+        report["device"] = "; ".join(devices) if devices else host_device()
+    report.setdefault("versions", versions())
     return report
 
 

@@ -80,7 +80,8 @@ def _predict(model, dm, name: str, k: int, slices: np.ndarray) -> tuple[np.ndarr
 
 
 def _variants(model, mean: np.ndarray, var: np.ndarray, weights: np.ndarray, b: np.ndarray) -> dict[str, dict[str, Any]]:
-    """{variant: {"mean", "var", "posterior"}} [n_functions, n_slices, n_points] for one model."""
+    """{variant: {"mean", "var"[, "posterior_at"]}} [n_functions, n_slices, n_points] for one
+    model; ``posterior_at(s)``: ProbConserv's posterior at slice s alone, for sampling."""
     kind = model.kind
     if model.softc_weight > 0:
         return {"softc" if kind == "anp" else f"softc_{kind}": {"mean": mean, "var": var}}
@@ -92,7 +93,8 @@ def _variants(model, mean: np.ndarray, var: np.ndarray, weights: np.ndarray, b: 
     out = {
         kind: {"mean": mean, "var": var},
         f"hardc{suffix}": {"mean": hard_projection(m, G, rhs).numpy(), "var": var},
-        f"probconserv{suffix}": {"mean": post.mean.numpy(), "var": post.var.numpy(), "posterior": post},
+        f"probconserv{suffix}": {"mean": post.mean.numpy(), "var": post.var.numpy(),
+                                 "posterior_at": lambda s: conservation_update(m[:, s], v[:, s], G, rhs[:, s], sigma_g=model.sigma_g)},
     }
     if model.bounds is not None:
         lower, upper = model.bounds
@@ -118,11 +120,12 @@ def shock_errors(positions: np.ndarray, front: float) -> dict[str, np.ndarray]:
 
 def _samples_at(variant: dict[str, Any], s: int, n: int, seed: int) -> np.ndarray:
     """n samples [n, n_functions, n_points] at slice s: the update's posterior (low rank, no
-    dense Cholesky) where there is one, independent Gaussians otherwise."""
+    dense Cholesky) where there is one, independent Gaussians otherwise. Only slice s is
+    sampled (the slices are independent problems): all of them would take n times the
+    predictions' memory, several GB at the paper's sizes."""
     gen = torch.Generator().manual_seed(seed)
-    post = variant.get("posterior")
-    if post is not None:
-        return post.sample(n, generator=gen)[:, :, s].numpy()
+    if "posterior_at" in variant:
+        return variant["posterior_at"](s).sample(n, generator=gen).numpy()
     mean, std = variant["mean"][:, s], np.sqrt(variant["var"][:, s])
     eps = torch.randn((n, *mean.shape), generator=gen, dtype=torch.float64).numpy()
     return mean + std * eps

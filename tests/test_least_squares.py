@@ -492,3 +492,16 @@ def test_levenberg_marquardt_reaches_the_weak_directions_of_an_ill_conditioned_p
     sol = least_squares(linear, torch.zeros(batch, n, dtype=F64), (a, b), solver=LevenbergMarquardt(rtol=1e-4, atol=1e-7), max_steps=20)
     assert sol.successful.all() and sol.steps <= 10, (sol.result.tolist(), sol.steps)
     assert float(((sol.value - exact).norm(dim=-1) / exact.norm(dim=-1)).max()) < 1e-4
+
+
+@pytest.mark.parametrize("adjoint", [ImplicitAdjoint(), ImplicitAdjoint("exact"), UnrolledAdjoint()])
+def test_a_problem_nonfinite_from_the_start_adds_no_gradient(adjoint):
+    """Problem 0 starts where log is NaN and keeps its start point (status nonfinite), which does
+    not depend on the parameter; the other's gradient must come through unharmed."""
+    theta = torch.tensor(1.0, dtype=F64, requires_grad=True)
+    c = torch.tensor([[-3.0], [0.5]], dtype=F64) * theta
+    y0 = torch.tensor([[-1.0], [1.0]], dtype=F64)
+    sol = least_squares(lambda y, c: torch.log(y) - c, y0, (c,), solver=LevenbergMarquardt(), adjoint=adjoint, max_steps=60, throw=False)
+    assert sol.result.tolist() == [Result.nonfinite, Result.successful]
+    (g,) = torch.autograd.grad(sol.value.sum(), theta)
+    assert abs(float(g) - 0.5 * math.exp(0.5)) < 1e-7, float(g)  # d exp(0.5 theta)/dtheta; 0 from problem 0

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._solution import Solution
+from ._solution import Result, Solution
 from ._solve import Residual, normal_equations, prepare, solve
 from .solvers import AbstractSolver, min_norm_solve, spd_solve
 
@@ -86,6 +86,7 @@ class _ImplicitSolve(torch.autograd.Function):
             sol = primal(y0, [a.detach() if torch.is_tensor(a) else a for a in args])
         box["solution"] = sol
         ctx.fn, ctx.hessian, ctx.kept = fn, hessian, sol.kept
+        ctx.nonfinite = sol.result == int(Result.nonfinite)
         tensors = [a if torch.is_tensor(a) else None for a in args]
         ctx.others = [None if torch.is_tensor(a) else a for a in args]
         ctx.save_for_backward(sol.value, *[t for t in tensors if t is not None])
@@ -102,35 +103,53 @@ class _ImplicitSolve(torch.autograd.Function):
             return (None,) * (5 + len(args))
         g_value = torch.zeros_like(y) if g_value is None else g_value
         g_cost = torch.zeros(y.shape[:1], dtype=y.dtype, device=y.device) if g_cost is None else g_cost
-        detached = prepare(ctx.fn, args, backward=True, kept=ctx.kept)
-        mu, linearised = None, {}
-        if ctx.hessian == "gauss-newton":
-            mu = spd_solve(normal_equations(ctx.fn, y, detached)[2], g_value)
-        elif hasattr(ctx.fn, "linearise"):  # its d(J^T r)/dy, and what its pullback reuses
-            hess, state = ctx.fn.linearise(y, *detached)
-            mu, linearised = _general_solve(hess, g_value), {"linearised": state}
-        elif hasattr(ctx.fn, "hessian"):  # a structured residual's own d(J^T r)/dy
-            mu = _general_solve(ctx.fn.hessian(y, *detached), g_value)
-        if mu is not None and hasattr(ctx.fn, "pullback"):  # its own d(-mu . F + g_cost cost)/dargs
-            extra = {"wanted": frozenset(wanted)} if _accepts(ctx.fn.pullback, "wanted") else {}
-            pulled = ctx.fn.pullback(y, mu, g_cost, *args, **extra, **linearised)
-            grads = [pulled[i] for i in wanted]
+        # A problem whose residual was not finite kept its start point, which does not depend on
+        # the arguments: it contributes no gradient (the normal equations there would send NaN
+        # into every shared parameter). Where every argument is per problem, the backward runs
+        # on the others alone.
+        per_problem = all(not torch.is_tensor(a) or (a.ndim > 0 and a.shape[0] == len(y)) for a in args)
+        if per_problem and bool(ctx.nonfinite.any()):
+            keep = (~ctx.nonfinite).nonzero().squeeze(-1)
+            kept = None if ctx.kept is None else tuple(k[keep] for k in ctx.kept)
+            sub = [a[keep] if torch.is_tensor(a) else a for a in args]
+            grads = _pull(ctx.fn, ctx.hessian, kept, y[keep], sub, wanted, g_value[keep], g_cost[keep]) if len(keep) else [None] * len(wanted)
+            grads = [None if g is None else torch.zeros_like(args[i]).index_copy(0, keep, g) for i, g in zip(wanted, grads)]
         else:
-            for i in wanted:
-                args[i] = args[i].requires_grad_(True)
-            with torch.enable_grad():
-                y_ = y.detach().requires_grad_(True)
-                r = ctx.fn(y_, *args)
-                cost = 0.5 * r.pow(2).sum(-1)
-                (grad_y,) = torch.autograd.grad(cost.sum(), y_, create_graph=True)  # F = J^T r
-                if mu is None:
-                    rows = [torch.autograd.grad(grad_y[:, k].sum(), y_, retain_graph=True)[0] for k in range(y.shape[-1])]
-                    mu = _general_solve(torch.stack(rows, dim=1), g_value)
-                grads = torch.autograd.grad([grad_y, cost], [args[i] for i in wanted], [-mu, g_cost], allow_unused=True)
+            grads = _pull(ctx.fn, ctx.hessian, ctx.kept, y, args, wanted, g_value, g_cost)
         out: list[Tensor | None] = [None] * len(args)
         for i, g in zip(wanted, grads):
             out[i] = torch.zeros_like(args[i]) if g is None else g
         return (None, None, None, None, None, *out)
+
+
+def _pull(fn, hessian: str, kept, y: Tensor, args: list, wanted: list[int], g_value: Tensor, g_cost: Tensor) -> list[Tensor | None]:
+    """The gradients dL/dargs[i], i in ``wanted``, at the solution y: one n x n solve and one
+    vector-Jacobian product per problem (see the module doc)."""
+    detached = prepare(fn, args, backward=True, kept=kept)
+    mu, linearised = None, {}
+    if hessian == "gauss-newton":
+        mu = spd_solve(normal_equations(fn, y, detached)[2], g_value)
+    elif hasattr(fn, "linearise"):  # its d(J^T r)/dy, and what its pullback reuses
+        hess, state = fn.linearise(y, *detached)
+        mu, linearised = _general_solve(hess, g_value), {"linearised": state}
+    elif hasattr(fn, "hessian"):  # a structured residual's own d(J^T r)/dy
+        mu = _general_solve(fn.hessian(y, *detached), g_value)
+    if mu is not None and hasattr(fn, "pullback"):  # its own d(-mu . F + g_cost cost)/dargs
+        extra = {"wanted": frozenset(wanted)} if _accepts(fn.pullback, "wanted") else {}
+        pulled = fn.pullback(y, mu, g_cost, *args, **extra, **linearised)
+        return [pulled[i] for i in wanted]
+    args = list(args)
+    for i in wanted:
+        args[i] = args[i].requires_grad_(True)
+    with torch.enable_grad():
+        y_ = y.detach().requires_grad_(True)
+        r = fn(y_, *args)
+        cost = 0.5 * r.pow(2).sum(-1)
+        (grad_y,) = torch.autograd.grad(cost.sum(), y_, create_graph=True)  # F = J^T r
+        if mu is None:
+            rows = [torch.autograd.grad(grad_y[:, k].sum(), y_, retain_graph=True)[0] for k in range(y.shape[-1])]
+            mu = _general_solve(torch.stack(rows, dim=1), g_value)
+        return list(torch.autograd.grad([grad_y, cost], [args[i] for i in wanted], [-mu, g_cost], allow_unused=True))
 
 
 def _accepts(method: Callable, keyword: str) -> bool:

@@ -105,7 +105,9 @@ def keep_large_allocations() -> bool:
     freed, so every training step pays the page faults of its large tensors again (half the CPU
     time in the kernel while training Navier-Stokes at CPU scale; benchmarks/RESULTS.md). The
     price: the process keeps the memory it has used. ``SCIML_MALLOC=system`` (or any
-    ``MALLOC_MMAP_MAX_``) leaves glibc's default. True where applied (Linux with glibc)."""
+    ``MALLOC_MMAP_MAX_``) leaves glibc's default. True where applied (Linux with glibc); the
+    same variables are then exported, so child processes (a benchmark's subprocesses, local Ray
+    workers) run under the setting too."""
     import ctypes
     import platform
 
@@ -115,9 +117,12 @@ def keep_large_allocations() -> bool:
         return False
     try:
         libc = ctypes.CDLL(None)
-        return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+        applied = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
     except (OSError, AttributeError):
         return False
+    if applied:
+        os.environ["MALLOC_MMAP_MAX_"], os.environ["MALLOC_TRIM_THRESHOLD_"] = "0", str(2**31 - 1)
+    return applied
 
 
 def _parse_params(items: Sequence[str]) -> dict:

@@ -440,18 +440,24 @@ def test_bench_help_names_every_benchmark(capsys):
         assert f"{name} (" in text, name
 
 
-_MAPPED_FOR_A_LARGE_TENSOR = """
+_MAPPED = """
 import ctypes, torch
-from sciml.cli import keep_large_allocations
 class Info(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
                                                 "uordblks", "fordblks", "keepcost")]
 libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = Info
+def mapped_mb():
+    before = libc.mallinfo2().hblkhd
+    big = torch.ones(8 * 2**20, dtype=torch.float64)  # 64 MB
+    return (libc.mallinfo2().hblkhd - before) // 2**20
+"""
+_MAPPED_FOR_A_LARGE_TENSOR = _MAPPED + """
+import subprocess, sys
+from sciml.cli import keep_large_allocations
 applied = keep_large_allocations()
-before = libc.mallinfo2().hblkhd
-big = torch.ones(8 * 2**20, dtype=torch.float64)  # 64 MB
-print(applied, (libc.mallinfo2().hblkhd - before) // 2**20)
+child = subprocess.run([sys.executable, "-c", sys.argv[1] + "print(mapped_mb())"], capture_output=True, text=True, check=True).stdout.split()
+print(applied, mapped_mb(), *child)
 """
 
 
@@ -460,9 +466,10 @@ print(applied, (libc.mallinfo2().hblkhd - before) // 2**20)
                                                      ({"MALLOC_MMAP_MAX_": "65536"}, "False", 64)])
 def test_the_command_keeps_large_allocations_on_the_heap_unless_told_not_to(env, applied, mapped_mb):
     """`sciml` serves large tensors from glibc's reused heap (no fresh kernel mapping, and its page
-    faults, per allocation); SCIML_MALLOC=system or the user's own MALLOC_MMAP_MAX_ leave glibc's
-    default, which maps a 64 MB tensor fresh."""
-    clean = {k: v for k, v in os.environ.items() if k not in ("SCIML_MALLOC", "MALLOC_MMAP_MAX_")}
-    out = subprocess.run([sys.executable, "-c", _MAPPED_FOR_A_LARGE_TENSOR], env={**clean, **env}, capture_output=True,
+    faults, per allocation), and so do the processes it starts (a benchmark's subprocesses);
+    SCIML_MALLOC=system or the user's own MALLOC_MMAP_MAX_ leave glibc's default, which maps a
+    64 MB tensor fresh."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("SCIML_MALLOC", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")}
+    out = subprocess.run([sys.executable, "-c", _MAPPED_FOR_A_LARGE_TENSOR, _MAPPED], env={**clean, **env}, capture_output=True,
                          text=True, check=True).stdout.split()
-    assert out == [applied, str(mapped_mb)]
+    assert out == [applied, str(mapped_mb), str(mapped_mb)]

@@ -63,10 +63,9 @@ def run_experiment(
     model, dm = objs.model, objs.data
     text = dump_config(parser, cfg)
     resume = _resume_checkpoint(out, text)
+    previous = None
     if resume is None:
-        for stale in ("checkpoints", "logs", "metrics.json"):
-            target = out / stale
-            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        previous = _set_aside(out)
     else:
         print(f"resuming the interrupted run in {out} from {resume}")
     atomic_write_text(out / "config.yaml", text)
@@ -75,10 +74,16 @@ def run_experiment(
     t0 = time.perf_counter()
     try:
         trainer.fit(model, datamodule=dm, ckpt_path=resume)
-    except SystemExit:  # Lightning turns Ctrl-C into sys.exit(1); keep it an interruption
-        if trainer.interrupted:
+    except BaseException as exc:
+        if previous is not None and trainer.global_step == 0:
+            _restore(previous, out)  # failed before its first step (a value only the data shows bad): nothing lost
+            previous = None
+        if isinstance(exc, SystemExit) and trainer.interrupted:  # Lightning turns Ctrl-C into sys.exit(1)
             raise KeyboardInterrupt from None
         raise
+    finally:
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
     train_s = time.perf_counter() - t0
     # ModelCheckpoint refreshes last.ckpt only every CHECKPOINT_EVERY steps: a run that ends in
     # between (L-BFGS stalled, or a budget that is not a multiple) must still leave its final
@@ -90,6 +95,31 @@ def run_experiment(
     # Lightning hands the model back on the CPU after fit: evaluate where it trained (a GPU).
     model.to(trainer.strategy.root_device)
     return evaluate_model(model, dm, out, cfg.name, train_seconds=train_s)
+
+
+_RUN_FILES = ("checkpoints", "logs", "metrics.json", "config.yaml")  # what a new run replaces
+
+
+def _set_aside(out: Path) -> Path:
+    """Move a previous run's files out of the way (into ``out/.previous``), so that a new run
+    that fails before its first step can put them back."""
+    aside = out / ".previous"
+    shutil.rmtree(aside, ignore_errors=True)
+    aside.mkdir(parents=True)
+    for name in _RUN_FILES:
+        if (out / name).exists():
+            (out / name).rename(aside / name)
+    return aside
+
+
+def _restore(aside: Path, out: Path) -> None:
+    """Undo :func:`_set_aside`: what the failed run wrote goes, the previous run's files return."""
+    for name in _RUN_FILES:
+        target = out / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        if (aside / name).exists():
+            (aside / name).rename(target)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def set_threads(threads: int) -> None:

@@ -206,6 +206,21 @@ def test_bad_value_leaves_a_finished_run_folder_alone(capsys, tmp_path):
     assert (out / "metrics.json").exists() and not (out / "config.yaml").exists()
 
 
+def test_a_value_only_the_data_shows_bad_leaves_a_finished_run_folder_alone(capsys, tmp_path):
+    """Modes the quick diffusion-sorption grid (26 x 64) cannot hold fail at the first step, after
+    the run folder was claimed: the previous run's files come back, and the error is the config's."""
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    files = {"metrics.json": '{"metrics": {}}', "config.yaml": "name: before\n", "checkpoints/last.ckpt": "weights"}
+    for name, text in files.items():
+        (out / name).write_text(text)
+    code, _, err = sciml(capsys, "run", REPO / "experiments/hc/diffusion_sorption_hc.yaml", "--quick", "model.modes=[20, 20]",
+                         "--out", out)
+    assert_clean_error(code, err, "model.modes", "Use fewer modes")
+    assert {name: (out / name).read_text() for name in files} == files
+    assert not (out / ".previous").exists() and not (out / "logs").exists()
+
+
 # -- dataset files -----------------------------------------------------------------------------
 def test_data_info_summarises_a_good_file(capsys, dataset):
     code, out, err = sciml(capsys, "data", "info", dataset)

@@ -80,6 +80,15 @@ def test_bad_settings_are_refused():
         PhysicsFNO(Convection())
     with pytest.raises(ConfigError, match=r"model.solver.step_hessian \(='newton'\) must be 'gauss-newton' or 'exact'"):
         PhysicsFNO(DiffusionSorption(), solver={"step_hessian": "newton"})
+    with pytest.raises(ConfigError, match=r"model.splits \(=\[2, 1, 1\]\) must be two integers >= 1"):
+        PhysicsFNO(DiffusionSorption(), splits=[2, 1, 1])
+    with pytest.raises(ConfigError, match=r"model.modes \(=\[8\]\) must be two integers >= 1"):
+        PhysicsFNO(DiffusionSorption(), modes=[8])
+    # a rate below the floor would have been raised to it from the first step
+    with pytest.raises(ConfigError, match=r"model.schedule.floor \(=0.0001\) is above model.schedule.lr \(=5e-05\)"):
+        PhysicsFNO(DiffusionSorption(), schedule={"lr": 5e-5})
+    with pytest.raises(ConfigError, match=r"model.schedule.halve_every \(=0\) must be an integer >= 1"):
+        PhysicsFNO(DiffusionSorption(), schedule={"halve_every": 0})
 
 
 def test_solution_fields_are_each_experts_derivatives():

@@ -91,10 +91,21 @@ class ScheduleConfig:
     halve_every: int = 800
     floor: float = 1e-4
 
+    def __post_init__(self) -> None:
+        for key in ("lr", "floor"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise ConfigError(f"model.schedule.{key} (={value!r}) must be a number > 0, e.g. {ScheduleConfig.__dataclass_fields__[key].default}.")
+        if self.floor > self.lr:
+            raise ConfigError(f"model.schedule.floor (={self.floor!r}) is above model.schedule.lr (={self.lr!r}): the rate would start "
+                              f"at the floor; lower the floor to at most the rate (e.g. floor: {self.lr / 10:g}).")
+        if isinstance(self.halve_every, bool) or not isinstance(self.halve_every, int) or self.halve_every < 1:
+            raise ConfigError(f"model.schedule.halve_every (={self.halve_every!r}) must be an integer >= 1 (steps between halvings).")
+
     def optimizers(self, params) -> dict:
         """Lightning's optimiser config: Adam and the step-wise halving schedule."""
         opt = torch.optim.Adam(params, lr=self.lr)
-        factor = lambda step: max(0.5 ** (step // max(self.halve_every, 1)), self.floor / self.lr)  # noqa: E731
+        factor = lambda step: max(0.5 ** (step // self.halve_every), self.floor / self.lr)  # noqa: E731
         return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor), "interval": "step"}}
 
 
@@ -136,6 +147,11 @@ class PhysicsFNO(Checkpointed, L.LightningModule):
             raise ConfigError(f"model.constraint (={constraint!r}) must be 'soft' (PI-SC) or 'hard' (PI-HC).")
         if not isinstance(pde, DiffusionSorption):
             raise ConfigError(f"PhysicsFNO handles sciml.pdes.DiffusionSorption so far, not {type(pde).__name__}.")
+        for key, value in (("splits", splits), ("modes", modes)):
+            if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2 \
+                    or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value):
+                raise ConfigError(f"model.{key} (={value!r}) must be two integers >= 1, one per axis (t, x), "
+                                  f"e.g. {[4, 1] if key == 'splits' else [8, 8]}.")
         self.pde, self.constraint, self.splits = pde, constraint, tuple(int(s) for s in splits)
         self.pde_weight = float(pde.t_end if pde_weight is None else pde_weight)
         self.solver_cfg = as_config(SolverConfig, solver)
@@ -190,7 +206,10 @@ class PhysicsFNO(Checkpointed, L.LightningModule):
 
     def _solve(self, u0: Tensor, t: np.ndarray, x: np.ndarray, fields: bool) -> Tensor | dict[str, Tensor]:
         nt, nx = len(t), len(x)
-        b = self.net(self._inputs(u0, t, x)).permute(0, 2, 3, 1)  # [batch, nt, nx, N]
+        try:
+            b = self.net(self._inputs(u0, t, x)).permute(0, 2, 3, 1)  # [batch, nt, nx, N]
+        except ValueError as exc:  # modes the (t, x) grid cannot hold: the config's, not a bug
+            raise ConfigError(f"model.modes on the data's {nt} x {nx} (t, x) grid: {exc}") from exc
         if self.constraint == "soft":
             return {k: v[..., 0] for k, v in self._fields(b[..., :1], t, x).full().items()} if fields else b[..., 0]
         layer = self._layer((nt, nx))

@@ -151,3 +151,18 @@ def test_a_missing_file_is_generated_from_the_named_generator(tmp_path):
     assert dm.grid["x"].shape == (16,) and dm.grid["t"].shape == (5,)
     with pytest.raises(ConfigError, match="`n_samples`"):
         SampleDataModule(str(path), generator="convection")
+
+
+def test_the_datasets_physics_must_be_the_experiments(tmp_path):
+    """The config hands its pde to the data: another PDE, or a parameter the file was not made
+    with, is refused at setup (the model would train on one PDE and be scored on another)."""
+    from sciml.pdes import Burgers, Convection
+
+    ds = PDEDataset(pde="burgers", u=np.zeros((4, N_T, N_X)), params=np.zeros((4, 0)), param_names=[], generator="test",
+                    grid={"t": np.linspace(0, 1, N_T), "x": np.linspace(0, 1, N_X)}, common_params={"nu": 0.01, "ic": "sine"})
+    path = str(write_dataset(tmp_path / "burgers.h5", ds))
+    SampleDataModule(path, val_fraction=0.25, test_fraction=0.25, pde=Burgers(nu=0.01)).setup("fit")
+    with pytest.raises(ConfigError, match=r"pde.init_args.nu \(=0.02\) differs from the 0.01 that .*burgers.h5 was generated with"):
+        SampleDataModule(path, val_fraction=0.25, test_fraction=0.25, pde=Burgers(nu=0.02)).setup("fit")
+    with pytest.raises(ConfigError, match=r"holds 'burgers' data but the experiment's pde is Convection"):
+        SampleDataModule(path, val_fraction=0.25, test_fraction=0.25, pde=Convection()).setup("fit")

@@ -7,6 +7,7 @@ validate it, so nothing holds a handle when the workers start.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from sciml.data.schema import read_dataset, sample_arrays
 from sciml.errors import ConfigError, DataError
+from sciml.pdes import PDE
 
 
 class H5Samples(Dataset):
@@ -106,6 +108,20 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
     return {name: np.sort(part) for name, part in zip(("train", "val", "test"), np.split(order, cuts))}
 
 
+def _check_physics(path: str, meta, pde: PDE) -> None:
+    """Refuse a dataset whose PDE or recorded parameters differ from the experiment's ``pde``."""
+    if meta.pde != pde.name:
+        raise ConfigError(f"{path} holds {meta.pde!r} data but the experiment's pde is {type(pde).__name__} ({pde.name!r}); "
+                          "point data.path at a dataset of that PDE, or change `pde`.")
+    for key, want in pde.params().items():
+        have = meta.common_params.get(key)
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (have, want))
+        if numbers and not math.isclose(float(have), float(want), rel_tol=1e-9, abs_tol=0.0):
+            raise ConfigError(f"pde.init_args.{key} (={want!r}) differs from the {have!r} that {path} was generated with: the model "
+                              f"would train on one PDE and be scored on another. Set pde.init_args.{key}: {have!r}, or point data.path at "
+                              "a dataset generated with the new value.")
+
+
 class SampleDataModule(L.LightningDataModule):
     """Train/val/test loaders over the samples of one HDF5 dataset, split by `seed`.
 
@@ -118,10 +134,13 @@ class SampleDataModule(L.LightningDataModule):
     def __init__(self, path: str, batch_size: int = 8, val_fraction: float = 0.1,
                  test_fraction: float = 0.1, num_workers: int = 0, seed: int = 0,
                  generator: str | None = None, generator_params: dict[str, Any] | None = None,
-                 n_samples: int | None = None, generator_workers: int = 1, train_t_max: float | None = None) -> None:
+                 n_samples: int | None = None, generator_workers: int = 1, train_t_max: float | None = None,
+                 pde: PDE | None = None) -> None:
         """``generator`` (a `sciml data generate` name with ``generator_params``, ``n_samples``,
         seeded by ``seed``) makes ``path`` when it does not exist yet; otherwise the file must exist.
-        ``train_t_max`` cuts the training samples to the time slices t <= train_t_max."""
+        ``train_t_max`` cuts the training samples to the time slices t <= train_t_max. ``pde``
+        (the experiment's, linked by the config): the file's physics must be its (same PDE, same
+        parameters the file records), or a model would train on one PDE and be scored on another."""
         super().__init__()
         if train_t_max is not None and (isinstance(train_t_max, bool) or not isinstance(train_t_max, (int, float)) or not np.isfinite(train_t_max)):
             raise ConfigError(f"`train_t_max` (={train_t_max!r}) must be a number (the last training time) or null for the whole time span.")
@@ -137,7 +156,8 @@ class SampleDataModule(L.LightningDataModule):
         if val_fraction + test_fraction >= 1:
             raise ConfigError(f"`val_fraction` + `test_fraction` (={val_fraction} + {test_fraction})"
                               " must be below 1 to leave samples for training.")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["pde"])
+        self.pde = pde
         self.path = path
         self.train_t_max = None if train_t_max is None else float(train_t_max)
         self.splits: dict[str, H5Samples] = {}
@@ -164,6 +184,8 @@ class SampleDataModule(L.LightningDataModule):
             return
         hp = self.hparams
         meta = read_dataset(self.path, load=False)
+        if self.pde is not None:
+            _check_physics(self.path, meta, self.pde)
         self.grid = {k: np.asarray(v, dtype=float) for k, v in meta.grid.items()}  # models read the grid from here
         n_train_t = self._train_time_slices(self.grid["t"])
         self.train_grid = {**self.grid, "t": self.grid["t"][:n_train_t]}

@@ -107,6 +107,28 @@ def test_ansatz_meets_the_initial_condition_and_keeps_the_mean(constraint, split
     np.testing.assert_array_equal(model.predict_samples(w0, t, x), w)  # fixed points in evaluation
 
 
+def test_a_training_window_keeps_physical_time():
+    """On a window t <= 2.5 of the 0..5 span (data.train_t_max) the ansatz's s(t) and the
+    network's time input are those of the same times on the whole span, not stretched to [0, 1]:
+    training on the window and predicting the whole span extrapolates in time."""
+    torch.manual_seed(0)
+    model = PhysicsFNO3d(NavierStokes2D(), splits=(1, 1, 1), basis=3, solver=SOLVER, **SMALL).double()
+    x, full = periodic(8), np.linspace(0, 5, 9)
+    window = full[:5]  # 0 .. 2.5
+    w0 = torch.randn(1, 8, 8, dtype=torch.float64)
+    torch.testing.assert_close(model._time(window, w0), model._time(full, w0)[:5], rtol=0, atol=0)
+    assert float(model._time(window, w0)[-1]) == 0.5
+    b = torch.ones(1, 5, 8, 8, 3, dtype=torch.float64) * torch.randn(1, 1, 8, 8, 3, dtype=torch.float64)  # constant in time
+    bases, _ = model.ansatz_fields(b, w0, window, x, x)
+    centred = b[:, 0] - b[:, 0].mean(dim=(1, 2), keepdim=True)
+    torch.testing.assert_close(bases["u"][:, -1], 0.5 * centred)  # s(2.5) = 0.5, not 1
+    seen = []
+    model.net.register_forward_hook(lambda module, inputs, out: seen.append(inputs[0]))
+    model._bases(w0, window)
+    model._bases(w0, full)
+    torch.testing.assert_close(seen[0][:, 1], seen[1][:, 1, :5])  # the time channel
+
+
 @pytest.mark.parametrize("splits, step_hessian", [((1, 1, 1), "gauss-newton"), ((1, 2, 2), "gauss-newton"),
                                                   ((2, 1, 2), "gauss-newton"), ((1, 2, 2), "exact")])
 @pytest.mark.parametrize("flow", ["taylor_green", "forced_shear"])

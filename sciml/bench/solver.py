@@ -454,7 +454,7 @@ def newton_steps(quick: bool, device: str = "cpu") -> list[dict[str, Any]]:
         rng = np.random.default_rng(seed)
         w0 = torch.tensor(np.stack([gaussian_random_field(n, rng, length_scale=0.8) for _ in range(2)]), dtype=torch.float32, device=device)
         with torch.no_grad():
-            b = model._bases(w0, nt)
+            b = model._bases(w0, t)
         b.requires_grad_(True)
         layer = model._layer((nt, n, n))
         sampled = layer.sample_points(torch.Generator().manual_seed(seed))

@@ -78,7 +78,8 @@ class PhysicsFNO3d(Checkpointed, L.LightningModule):
         self.pde, self.constraint, self.splits = pde, constraint, tuple(int(s) for s in splits)
         self.solver_cfg = as_config(SolverConfig, solver)
         self.schedule = as_config(ScheduleConfig, schedule)
-        self.net = FNO(1, basis if constraint == "hard" else 1, tuple(modes), width=width, layers=layers, with_grid=True)
+        # Inputs: w0 and the (t, x, y) coordinates (see _inputs); the same weights as FNO(1, ..., with_grid=True).
+        self.net = FNO(4, basis if constraint == "hard" else 1, tuple(modes), width=width, layers=layers)
         self.model_name = "pi_sc" if constraint == "soft" else ("pi_hc_moe" if any(s > 1 for s in self.splits) else "pi_hc")
         self.save_hyperparameters({
             "pde": pde.to_config(), "constraint": constraint, "splits": list(self.splits), "basis": int(basis),
@@ -106,7 +107,7 @@ class PhysicsFNO3d(Checkpointed, L.LightningModule):
         """(bases {name: [batch, nt, nx, ny, n]}, offsets {name: [batch, nt, nx, ny]}) of the
         ansatz w = w0 + s(t) (B c - mean_xy(B c)) = bases["u"] c + offsets["u"], for B = b."""
         batch, nt, nx, ny, n = b.shape
-        s = torch.as_tensor((t - t[0]) / (t[-1] - t[0]), dtype=b.dtype, device=b.device).reshape(1, nt, 1, 1, 1)
+        s = self._time(t, b).reshape(1, nt, 1, 1, 1)
         names, spacing = self._names(), self._spacing(t, x, y)
         bases = grid_fields(s * (b - b.mean(dim=(2, 3), keepdim=True)), names, spacing, _PERIODIC, _AXES)
         # w0 is constant in time: its fields are spatial, computed on one frame and broadcast.
@@ -131,7 +132,7 @@ class PhysicsFNO3d(Checkpointed, L.LightningModule):
             bases, offsets = self.ansatz_fields(b, w0, t, x, y)
             return self._layer(tuple(b.shape[1:4]))(bases, offsets, points=points, return_fields=True)
         if self.constraint == "soft":
-            s = torch.as_tensor((t - t[0]) / (t[-1] - t[0]), dtype=b.dtype, device=b.device).reshape(1, -1, 1, 1)
+            s = self._time(t, b).reshape(1, -1, 1, 1)
             c = b[..., 0]
             return w0[:, None] + s * (c - c.mean(dim=(2, 3), keepdim=True))
         layer = self._layer(tuple(b.shape[1:4]))
@@ -141,16 +142,28 @@ class PhysicsFNO3d(Checkpointed, L.LightningModule):
         # of t only, zero at t = 0), the projection onto the fields with w0's mean (no-op for K = 1).
         return w - (w - w0[:, None]).mean(dim=(2, 3), keepdim=True) if layer.partition.experts > 1 else w
 
-    def _bases(self, w0: Tensor, nt: int) -> Tensor:
-        """The network's bases [batch, nt, nx, ny, N] for w0 [batch, nx, ny]."""
-        return self.net(w0[:, None, None].expand(-1, 1, nt, -1, -1)).permute(0, 2, 3, 4, 1)
+    def _time(self, t: np.ndarray, like: Tensor) -> Tensor:
+        """s(t) = (t - t0) / (t_end - t0) by the PDE's time domain, not by the grid: a training grid
+        that stops before t_end keeps its times, so predicting the whole span extrapolates in time
+        instead of stretching it (on a grid over the whole span, the same as linspace(0, 1, nt))."""
+        t0, t1 = self.pde.domain.time
+        return torch.as_tensor((np.asarray(t, dtype=float) - t0) / (t1 - t0), dtype=like.dtype, device=like.device)
+
+    def _bases(self, w0: Tensor, t: np.ndarray) -> Tensor:
+        """The network's bases [batch, nt, nx, ny, N] for w0 [batch, nx, ny] at the times t: its
+        input is w0 and the coordinates s(t), x and y in [0, 1]."""
+        batch, nx, ny = w0.shape
+        coords = torch.meshgrid(self._time(t, w0), torch.linspace(0.0, 1.0, nx, dtype=w0.dtype, device=w0.device),
+                                torch.linspace(0.0, 1.0, ny, dtype=w0.dtype, device=w0.device), indexing="ij")
+        inputs = torch.stack([w0[:, None].expand(-1, len(t), -1, -1), *(c.expand(batch, -1, -1, -1) for c in coords)], dim=1)
+        return self.net(inputs).permute(0, 2, 3, 4, 1)
 
     def forward(self, w0: Tensor, t: np.ndarray, x: np.ndarray, y: np.ndarray) -> Tensor:
         """w [batch, n_t, n_x, n_y] from w0 [batch, n_x, n_y] on the grid (t, x, y)."""
         nt = len(t)
         if len(t) < 3 or w0.shape[1:] != (len(x), len(y)):
             raise ValueError(f"`w0` of shape {tuple(w0.shape)} must be [batch, {len(x)}, {len(y)}] for the grid x, y, and `t` needs >= 3 times (got {nt}).")
-        b = self._bases(w0, nt)
+        b = self._bases(w0, t)
         points = None
         if self.constraint == "hard" and not self.training:  # fixed points in evaluation: repeatable predictions
             points = self._layer((nt, len(x), len(y))).sample_points(torch.Generator().manual_seed(0))
@@ -174,7 +187,7 @@ class PhysicsFNO3d(Checkpointed, L.LightningModule):
         t, x, y = grid["t"], grid["x"], grid["y"]
         w0 = batch["u0"]
         if self.loss_fields == "experts" and self.constraint == "hard":
-            loss = self.residual(self.constrain(self._bases(w0, len(t)), w0, t, x, y, fields=True), t, x, y).pow(2).mean()
+            loss = self.residual(self.constrain(self._bases(w0, t), w0, t, x, y, fields=True), t, x, y).pow(2).mean()
         else:
             loss = self.residual(self(w0, t, x, y), t, x, y).pow(2).mean()
         if not torch.isfinite(loss):

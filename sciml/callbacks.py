@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import lightning as L
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -41,3 +43,25 @@ class StepProgress(L.Callback):
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+class TrainTime(L.Callback):
+    """Training wall time that survives resumption: the seconds trained so far travel in every
+    checkpoint, so a run resumed after an interruption reports its whole training time."""
+
+    def __init__(self) -> None:
+        self.before = 0.0  # trained in earlier sessions of this run (from the checkpoint resumed)
+        self._start: float | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Seconds trained, this session's included."""
+        return self.before + (time.perf_counter() - self._start if self._start is not None else 0.0)
+
+    def state_dict(self) -> dict[str, float]:
+        return {"seconds": self.elapsed()}
+
+    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+        self.before = float(state_dict.get("seconds", 0.0))

@@ -23,7 +23,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from . import __version__
 from ._io import atomic_write_json, atomic_write_text
-from .callbacks import StepProgress
+from .callbacks import StepProgress, TrainTime
 from .config import dump_config, instantiate, load_config, read_yaml
 from .errors import ConfigError, DataError, TrainingError
 from .metrics import compute_metrics
@@ -84,7 +84,8 @@ def run_experiment(
     finally:
         if previous is not None:
             shutil.rmtree(previous, ignore_errors=True)
-    train_s = time.perf_counter() - t0
+    # this session's fit, plus what the run trained before an interruption (kept in its checkpoint)
+    train_s = time.perf_counter() - t0 + next(c for c in trainer.callbacks if isinstance(c, TrainTime)).before
     # ModelCheckpoint refreshes last.ckpt only every CHECKPOINT_EVERY steps: a run that ends in
     # between (L-BFGS stalled, or a budget that is not a multiple) must still leave its final
     # weights there, the ones metrics.json describes.
@@ -144,7 +145,7 @@ def _trainer(kwargs: dict[str, Any], out: Path, model: L.LightningModule) -> L.T
     return L.Trainer(
         **kwargs,
         default_root_dir=out,
-        callbacks=[checkpoint, StepProgress()],
+        callbacks=[checkpoint, StepProgress(), TrainTime()],
         logger=CSVLogger(out, name="logs", version=""),
         enable_progress_bar=False,
         enable_model_summary=False,

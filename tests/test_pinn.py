@@ -179,9 +179,13 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, data_dir, monkeypa
     with pytest.raises(KeyboardInterrupt):
         pipeline.run_experiment(cfg, out=out)
     assert not (out / "metrics.json").exists()
-    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 100
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 100
+    before = ckpt["callbacks"]["TrainTime"]["seconds"]  # the first session's training time travels in the checkpoint
+    assert before > 0
 
     monkeypatch.setattr(pipeline, "_trainer", make_trainer)
     resumed = pipeline.run_experiment(cfg, out=out)
     assert resumed["steps"] == 160
+    assert resumed["seconds"]["train"] > before  # both sessions, not the 60 steps after the resumption alone
     assert resumed["metrics"]["rel_l2"] == pytest.approx(full["metrics"]["rel_l2"], rel=1e-4)

@@ -173,6 +173,8 @@ def evaluate_model(model: L.LightningModule, dm: L.LightningDataModule, out: str
     dm.prepare_data()
     dm.setup("test")
     t0 = time.perf_counter()
+    for layer in _constraint_layers(model):
+        layer.reset_stats()
     if hasattr(model, "predict_samples"):
         x, t, true, pred, cases, u0 = _predict_test_split(model, dm)
     else:
@@ -187,6 +189,7 @@ def evaluate_model(model: L.LightningModule, dm: L.LightningDataModule, out: str
         metrics |= window_metrics(pred, true, n_train_t)
         window = _predict(model, u0, dm.train_grid["t"], dm.grid)
         metrics |= {f"window/{k}": v for k, v in compute_metrics(window, true[:, :n_train_t]).items()}
+    metrics |= _solver_metrics(model)
     per_case = []
     for case, p, u in zip(cases, pred, true):
         one = compute_metrics(p[None], u[None])
@@ -215,6 +218,23 @@ def evaluate_model(model: L.LightningModule, dm: L.LightningDataModule, out: str
     }
     atomic_write_json(out / "metrics.json", report)
     return report
+
+
+def _constraint_layers(model: L.LightningModule) -> list:
+    """The model's hard-constraint layers (one per grid it has solved on), if it has any."""
+    return list(model.constraint_layers()) if hasattr(model, "constraint_layers") else []
+
+
+def _solver_metrics(model: L.LightningModule) -> dict[str, float]:
+    """``solver/successful`` (the fraction of the evaluation's constraint solves, per problem,
+    that converged) and ``solver/steps`` (iterations per solve) of a hard-constrained model."""
+    stats = [layer.stats() for layer in _constraint_layers(model)]
+    solves = sum(s["solves"] for s in stats)
+    if not solves:
+        return {}
+    problems = sum(s["problems"] for s in stats)
+    return {"solver/successful": sum(s["successful"] * s["problems"] for s in stats) / problems,
+            "solver/steps": sum(s["steps"] * s["solves"] for s in stats) / solves}
 
 
 def window_metrics(pred: np.ndarray, true: np.ndarray, n_train_t: int) -> dict[str, float]:

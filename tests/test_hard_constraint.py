@@ -508,3 +508,16 @@ def _burgers_problem(seed: int, rows: int, problems: int = 4, points: int = 30, 
     offsets = [torch.randn(problems, points, generator=g, dtype=F64) for _ in names]
     a, b = torch.randn(problems, rows, n, generator=g, dtype=F64), torch.randn(problems, rows, generator=g, dtype=F64)
     return pde, names, g, bases, offsets, a, b
+
+
+def test_the_layer_counts_its_solves_and_how_many_converged():
+    fields, rows, exact = heat_setup(nt=11, nx=8, extra=1)
+    layer = HardConstraint(ConvectionDiffusion(beta=0.0, nu=NU), grid=exact.shape, splits=(1, 2), points=20, ridge=1e-10, max_steps=1)
+    layer(fields, rows=rows)  # one step: not converged
+    layer.max_steps = 200
+    layer(fields, rows=rows)
+    stats = layer.stats()
+    assert stats["solves"] == 2 and stats["problems"] == 4 and stats["successful"] == 0.5
+    assert stats["steps"] == (1 + layer.last_solution.steps) / 2
+    layer.reset_stats()
+    assert layer.stats() == {"solves": 0, "problems": 0, "successful": 0.0, "steps": 0.0}

@@ -216,6 +216,12 @@ def test_quick_experiment_runs_end_to_end(tmp_path, variant, extra, monkeypatch)
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["model"] == {"sc": "pi_sc", "hc": "pi_hc", "moe": "pi_hc_moe"}[variant]
     assert np.isfinite(report["metrics"]["rel_l2"]) and report["metrics"]["rel_l2"] < 1.5
+    if variant == "sc":
+        assert not any(k.startswith("solver/") for k in saved["metrics"])
+    else:  # the evaluation's constraint solves: how many converged, in how many steps
+        assert 0 <= saved["metrics"]["solver/successful"] <= 1 and saved["metrics"]["solver/steps"] >= 1
+        layers = load_model(tmp_path / "run" / "checkpoints" / "last.ckpt").constraint_layers()
+        assert layers == []  # built on first use
     model = load_model(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert isinstance(model, PhysicsFNO3d)
     assert model.loss_fields == ("experts" if extra else "stitched")

@@ -397,6 +397,19 @@ class HardConstraint(nn.Module):
         self.solver, self.adjoint, self.max_steps, self.dtype = solver, adjoint, max_steps, dtype
         self.executor = executor or LocalExecutor()
         self.last_solution: Solution | None = None
+        self.reset_stats()
+
+    def reset_stats(self) -> None:
+        """Restart the counts :meth:`stats` reports."""
+        self._solves, self._steps, self._problems, self._ok = 0, 0, 0, None
+
+    def stats(self) -> dict[str, float]:
+        """The solves since :meth:`reset_stats`: ``solves``, ``problems`` (batch x experts each),
+        ``successful`` (the fraction of problems that converged) and ``steps`` (solver iterations
+        per solve, mean). Counted on the device, read here: no host sync per solve."""
+        ok = 0 if self._ok is None else int(self._ok)
+        return {"solves": self._solves, "problems": self._problems, "successful": ok / max(self._problems, 1),
+                "steps": self._steps / max(self._solves, 1)}
 
     def sample_points(self, generator: torch.Generator | None = None) -> Tensor:
         """[experts, p] flat grid indices, p = min(points, smallest block), without replacement."""
@@ -445,6 +458,9 @@ class HardConstraint(nn.Module):
         y0 = torch.zeros(batch * k_exp, n, dtype=u_basis.dtype, device=u_basis.device)
         sol = self.executor.solve(fn, y0, args, solver=self.solver, adjoint=self.adjoint, max_steps=self.max_steps, dtype=self.dtype)
         self.last_solution = sol
+        ok = sol.successful.sum()
+        self._ok = ok if self._ok is None else self._ok + ok
+        self._solves, self._steps, self._problems = self._solves + 1, self._steps + sol.steps, self._problems + len(sol.result)
         w = sol.value.reshape(batch, k_exp, n)
         label = self.partition.label.to(u_basis.device)
         if return_fields:

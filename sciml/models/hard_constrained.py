@@ -41,7 +41,7 @@ class SolverConfig:
 
     points: int = 20000
     ridge: float = 1e-8
-    tol: float = 1e-4
+    tol: float = 1e-4  # the solve's relative tolerance (the reference's LM: rtol = atol = 1e-4); absolute: tol * 1e-3, tighter
     max_steps: int = 50
     pde_scale: float = 1.0  # factor on the PDE rows (t_end makes them O(1); 1 is the reference's raw units)
     row_weight: float = 1.0  # factor on the IC/BC rows
@@ -170,6 +170,10 @@ class PhysicsFNO(Checkpointed, L.LightningModule):
         self._executor = self.solver_cfg.make_executor()
 
     # -- prediction ------------------------------------------------------------------------------
+    def constraint_layers(self) -> list[HardConstraint]:
+        """The hard-constraint layers built so far (one per grid), e.g. for their solve counts."""
+        return list(self._layers.values())
+
     def _layer(self, grid: tuple[int, int]) -> HardConstraint:
         if grid not in self._layers:
             self._layers[grid] = self.solver_cfg.make_layer(self.pde, grid, self.splits, self._executor)

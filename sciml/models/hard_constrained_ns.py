@@ -90,6 +90,10 @@ class PhysicsFNO3d(Checkpointed, L.LightningModule):
         self._layers: dict[tuple[int, int, int], HardConstraint] = {}
 
     # -- the ansatz and its fields ------------------------------------------------------------------
+    def constraint_layers(self) -> list[HardConstraint]:
+        """The hard-constraint layers built so far (one per grid), e.g. for their solve counts."""
+        return list(self._layers.values())
+
     def _layer(self, grid: tuple[int, int, int]) -> HardConstraint:
         if grid not in self._layers:
             self._layers[grid] = self.solver_cfg.make_layer(self.pde, grid, self.splits)

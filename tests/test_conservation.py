@@ -405,3 +405,14 @@ def test_singular_law_names_the_row_and_suggests_noise():
         torch.testing.assert_close(dependent @ post.mean, torch.tensor([1.0, 2.0], dtype=F64), rtol=0, atol=1e-9)
     with pytest.raises(ValueError, match=r"G G\^T is singular \(row 1"):
         hard_projection(mean, dependent, b)
+
+
+def test_a_variance_the_law_takes_entirely_keeps_its_derivative():
+    """var = [v0, 0, 0], one row of ones: the posterior variance of point 0 is v0 - v0^2 / (v0 + v1 + v2),
+    exactly 0 here; its derivative in v1 (one-sided, variances are >= 0) is v0^2 / (v0 + v1 + v2)^2 = 1
+    and in v0 it is 0, on every torch version (clamp_min's derivative at its bound differs between them)."""
+    var = torch.tensor([1.0, 0.0, 0.0], dtype=F64, requires_grad=True)
+    post = conservation_update(torch.zeros(3, dtype=F64), var, torch.ones(1, 3, dtype=F64), torch.zeros(1, dtype=F64))
+    assert float(post.var[0]) == 0.0
+    (grad,) = torch.autograd.grad(post.var[0], var)
+    torch.testing.assert_close(grad, torch.tensor([0.0, 1.0, 1.0], dtype=F64))

@@ -294,7 +294,11 @@ def conservation_update(mean: Tensor, var: Tensor | None = None, G: Tensor | Non
     v = torch.linalg.solve_triangular(chol, resid.unsqueeze(-1), upper=False)
     post_mean = (mu - (w.mT @ v).squeeze(-1)).expand(*batch, mu.shape[-1])
     prior_diag = var if var is not None else cov.diagonal(dim1=-2, dim2=-1)
-    post_var = (prior_diag - (w**2).sum(-2)).clamp_min(0).expand(*batch, mu.shape[-1])
+    post_var = prior_diag - (w**2).sum(-2)
+    # Round-off below 0 goes. torch.where, not clamp_min, whose derivative at an exact 0 (a point whose
+    # variance the law takes entirely) differs between torch versions: an exact 0 keeps its derivative,
+    # the one-sided derivative of a variance (e.g. d/dv1 of v0 - v0^2 / (v0 + v1) at v1 = 0 is 1).
+    post_var = torch.where(post_var >= 0, post_var, torch.zeros_like(post_var)).expand(*batch, mu.shape[-1])
     return ConservedPosterior(mean=post_mean.to(mean.dtype), var=post_var.to(mean.dtype), factor=U, chol=chol, G=G,
                               sigma_g=sigma, gaussian_mean=post_mean, prior_var=var, prior_cov=cov)
 

@@ -87,6 +87,10 @@ def write_bad(kind: str, folder, good_path):
         ckpt = torch.load(good_path, weights_only=True)
         ckpt["hyper_parameters"]["hidden"] = [5]
         torch.save(ckpt, path)
+    elif kind == "damaged_optimizer":
+        ckpt = torch.load(good_path, weights_only=True)
+        ckpt["optimizer_states"] = [{"param_groups": []}]
+        torch.save(ckpt, path)
     elif kind == "bad_pde":
         ckpt = torch.load(good_path, weights_only=True)
         ckpt["hyper_parameters"]["pde"] = {"class_path": "sciml.pdes.Convection", "init_args": {"beta": "x"}}
@@ -108,6 +112,7 @@ def write_bad(kind: str, folder, good_path):
         ("no_hparams", ["does not rebuild", "hyper_parameters"]),
         ("wrong_weights", ["does not rebuild", "size mismatch"]),
         ("bad_pde", ["does not rebuild", "`beta`"]),
+        ("damaged_optimizer", ["does not rebuild"]),
     ],
 )
 def test_files_that_are_not_sciml_checkpoints_are_refused(trained, tmp_path, capsys, kind, words):
@@ -127,3 +132,16 @@ def test_missing_files_and_folders_are_refused(tmp_path):
     assert str(tmp_path / "nowhere.ckpt") in str(info.value) and "does not exist" in str(info.value)
     with pytest.raises(DataError, match="is a directory"):
         load_model(tmp_path)
+
+
+def test_a_float64_model_comes_back_in_float64(trained, tmp_path):
+    """trainer.precision=64-true saves float64 weights: loading must not cast them down to float32."""
+    ckpt = torch.load(trained[1], weights_only=True)
+    ckpt["state_dict"] = {k: v.double() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    path = tmp_path / "f64.ckpt"
+    torch.save(ckpt, path)
+    model = load_model(path)
+    for name, value in model.state_dict().items():
+        if value.is_floating_point():
+            assert value.dtype == torch.float64, name
+            assert torch.equal(value, ckpt["state_dict"][name]), name

@@ -272,6 +272,7 @@ def test_bad_parameters_are_refused_naming_the_value(make, words):
     [
         ({"class_path": "sciml.pdes.Convektion", "init_args": {}}, ["Convektion"]),
         ({"class_path": "os.system"}, ["os.system", "not a concrete sciml PDE"]),
+        ({"class_path": "this.Nope"}, ["'this.Nope'", "outside sciml and its module is not imported"]),
         ({"class_path": "sciml.pdes.PDE"}, ["sciml.pdes.PDE", "not a concrete sciml PDE"]),
         ({"class_path": "sciml.pdes.Convection", "init_args": {"nu": 0.1}}, ["'nu'", "beta, ic"]),
         ({"class_path": "sciml.pdes.Convection", "init_args": [1.0]}, ["init_args", "[1.0]"]),
@@ -279,8 +280,9 @@ def test_bad_parameters_are_refused_naming_the_value(make, words):
         ("convection", ["'convection'", "mapping"]),
     ],
 )
-def test_bad_configs_are_refused_naming_the_value(config, words):
+def test_bad_configs_are_refused_naming_the_value(config, words, capsys):
     with pytest.raises(ConfigError) as info:
         pde_from_config(config)
     for word in words:
         assert word in str(info.value)
+    assert "Zen of Python" not in capsys.readouterr().out  # a file cannot make us import a module

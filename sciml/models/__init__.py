@@ -39,9 +39,14 @@ def load_model(path: str | Path, map_location: str = "cpu") -> L.LightningModule
         raise DataError(f"{path} does not name a known sciml model (found {name!r}; known: {sorted(MODEL_CLASSES)}); use a file written by `sciml train`.")
     try:
         model = MODEL_CLASSES[name].from_hparams(dict(ckpt["hyper_parameters"]))
+        # in the precision it trained in (trainer.precision=64-true saves float64 weights), not
+        # load_state_dict's cast down to the freshly built model's float32
+        dtypes = {t.dtype for t in ckpt["state_dict"].values() if torch.is_tensor(t) and t.is_floating_point()}
+        if len(dtypes) == 1:
+            model = model.to(dtypes.pop())
         model.load_state_dict(ckpt["state_dict"])
         model.on_load_checkpoint(ckpt)
-    except (SciMLError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+    except (SciMLError, KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
         raise DataError(
             f"{path} names {name} but does not rebuild one ({_describe(exc)}); it is damaged or from an "
             "incompatible sciml version: retrain with `sciml train EXPERIMENT.yaml`."

@@ -13,6 +13,7 @@ import importlib
 import inspect
 import math
 import numbers
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -94,6 +95,12 @@ def pde_from_config(config: Mapping[str, Any]) -> PDE:
         raise ConfigError(f"a PDE config must be a mapping {{class_path: ..., init_args: {{...}}}}, got {config!r}")
     path = str(config.get("class_path", ""))
     module_name, _, cls_name = path.rpartition(".")
+    # A file names the class: import sciml's own modules only. Another one must be imported
+    # already (the user's own PDE, by the user), or reading a checkpoint could run any module.
+    if not (module_name == "sciml" or module_name.startswith("sciml.")) and module_name not in sys.modules:
+        raise ConfigError(f"PDE class_path {path!r} is outside sciml and its module is not imported; a checkpoint "
+                          f"or config may only name sciml.pdes.* or a module you imported yourself (import {module_name} first "
+                          "if you trust it).")
     try:
         cls = getattr(importlib.import_module(module_name), cls_name)
     except (ImportError, AttributeError, ValueError) as exc:

@@ -166,3 +166,16 @@ def test_the_datasets_physics_must_be_the_experiments(tmp_path):
         SampleDataModule(path, val_fraction=0.25, test_fraction=0.25, pde=Burgers(nu=0.02)).setup("fit")
     with pytest.raises(ConfigError, match=r"holds 'burgers' data but the experiment's pde is Convection"):
         SampleDataModule(path, val_fraction=0.25, test_fraction=0.25, pde=Convection()).setup("fit")
+
+
+def test_a_collocation_reference_for_other_parameters_is_refused(tmp_path):
+    """A PINN's explicit data.path made for beta = 5 must not score a beta = 30 run."""
+    from sciml.data.collocation import CollocationDataModule
+    from sciml.pdes import Convection
+
+    path = tmp_path / "beta5.h5"
+    made = CollocationDataModule(Convection(beta=5.0), path=str(path), nx=32, nt=8, n_collocation=100)
+    made.prepare_data()
+    made.setup()
+    with pytest.raises(ConfigError, match=r"pde.init_args.beta \(=30.0\) differs from the 5.0"):
+        CollocationDataModule(Convection(beta=30.0), path=str(path), nx=32, nt=8, n_collocation=100).setup()

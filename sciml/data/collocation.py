@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import ConfigError, DataError
 from ..pdes import PDE
 from .generators import reference_dataset
-from .schema import read_dataset, write_dataset
+from .schema import check_physics, read_dataset, write_dataset
 
 
 def data_dir() -> Path:
@@ -99,6 +99,7 @@ class CollocationDataModule(L.LightningDataModule):
         ds = read_dataset(self.path)
         if ds.pde != self.pde.name:
             raise DataError(f"{self.path} holds a {ds.pde!r} dataset but the experiment's PDE is {self.pde.name!r}; point data.path at a {self.pde.name} file or remove it.")
+        check_physics(self.path, ds, self.pde)  # the same PDE with other parameters (beta = 5 data for beta = 30) too
         if ds.is_mesh or "x" not in ds.grid:
             raise DataError(f"{self.path} is not on a 1D tensor grid (/grid/x, /grid/t); PINN collocation needs one.")
         if not 0 <= self.sample < ds.n_samples:

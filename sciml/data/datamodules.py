@@ -7,7 +7,6 @@ validate it, so nothing holds a handle when the workers start.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from sciml.data.schema import read_dataset, sample_arrays
+from sciml.data.schema import check_physics, read_dataset, sample_arrays
 from sciml.errors import ConfigError, DataError
 from sciml.pdes import PDE
 
@@ -108,20 +107,6 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
     return {name: np.sort(part) for name, part in zip(("train", "val", "test"), np.split(order, cuts))}
 
 
-def _check_physics(path: str, meta, pde: PDE) -> None:
-    """Refuse a dataset whose PDE or recorded parameters differ from the experiment's ``pde``."""
-    if meta.pde != pde.name:
-        raise ConfigError(f"{path} holds {meta.pde!r} data but the experiment's pde is {type(pde).__name__} ({pde.name!r}); "
-                          "point data.path at a dataset of that PDE, or change `pde`.")
-    for key, want in pde.params().items():
-        have = meta.common_params.get(key)
-        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (have, want))
-        if numbers and not math.isclose(float(have), float(want), rel_tol=1e-9, abs_tol=0.0):
-            raise ConfigError(f"pde.init_args.{key} (={want!r}) differs from the {have!r} that {path} was generated with: the model "
-                              f"would train on one PDE and be scored on another. Set pde.init_args.{key}: {have!r}, or point data.path at "
-                              "a dataset generated with the new value.")
-
-
 class SampleDataModule(L.LightningDataModule):
     """Train/val/test loaders over the samples of one HDF5 dataset, split by `seed`.
 
@@ -185,7 +170,7 @@ class SampleDataModule(L.LightningDataModule):
         hp = self.hparams
         meta = read_dataset(self.path, load=False)
         if self.pde is not None:
-            _check_physics(self.path, meta, self.pde)
+            check_physics(self.path, meta, self.pde)
         self.grid = {k: np.asarray(v, dtype=float) for k, v in meta.grid.items()}  # models read the grid from here
         n_train_t = self._train_time_slices(self.grid["t"])
         self.train_grid = {**self.grid, "t": self.grid["t"][:n_train_t]}

@@ -33,7 +33,7 @@ import h5py
 import numpy as np
 
 from sciml.data import pdebench
-from sciml.errors import DataError
+from sciml.errors import ConfigError, DataError
 
 SCHEMA_VERSION = 1
 
@@ -549,3 +549,19 @@ def _layout(ds: PDEDataset) -> dict[str, Any]:
         "u0 shape": None if ds.u0 is None else ds.u0.shape, "mesh points": ds.mesh_points,
     }
     return fields | {f"grid {axis}": ds.grid.get(axis) for axis in ("t", *_SPACE_AXES)}
+
+
+def check_physics(path: str | Path, meta: PDEDataset, pde) -> None:
+    """Refuse a dataset whose PDE or recorded parameters (``common_params``) differ from the
+    experiment's ``pde`` (a :class:`sciml.pdes.PDE`: its ``name`` and ``params()``), so that a
+    model is never trained on one PDE and scored against another."""
+    if meta.pde != pde.name:
+        raise ConfigError(f"{path} holds {meta.pde!r} data but the experiment's pde is {type(pde).__name__} ({pde.name!r}); "
+                          "point data.path at a dataset of that PDE, or change `pde`.")
+    for key, want in pde.params().items():
+        have = meta.common_params.get(key)
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (have, want))
+        if numbers and not math.isclose(float(have), float(want), rel_tol=1e-9, abs_tol=0.0):
+            raise ConfigError(f"pde.init_args.{key} (={want!r}) differs from the {have!r} that {path} was generated with: the model "
+                              f"would train on one PDE and be scored on another. Set pde.init_args.{key}: {have!r}, or point data.path at "
+                              "a dataset generated with the new value.")

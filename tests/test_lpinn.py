@@ -204,3 +204,25 @@ def test_bad_study_arguments_are_rejected(tmp_path, override, message, monkeypat
     monkeypatch.chdir(REPO)
     with pytest.raises(ConfigError, match=message):
         run_experiment(REPO / "experiments/lpinn/sweep.yaml", out=tmp_path / "sweep", overrides=[override])
+
+
+def test_a_studys_model_files_are_found_from_any_working_directory(tmp_path, monkeypatch):
+    """The shipped studies name their models from the project root (experiments/lpinn/...): run
+    from elsewhere, they are found from the study file's folder's parents; a path that exists as
+    given, or a mapping with overrides, is kept."""
+    from sciml.studies import _resolve_models
+
+    root = tmp_path / "project"
+    (root / "experiments" / "lpinn").mkdir(parents=True)
+    study = root / "experiments" / "lpinn" / "study.yaml"
+    model = root / "experiments" / "lpinn" / "pinn.yaml"
+    study.write_text("")
+    model.write_text("")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    got = _resolve_models({"pinn": "experiments/lpinn/pinn.yaml", "lpinn": {"config": "experiments/lpinn/pinn.yaml", "overrides": ["a=1"]},
+                           "missing": "experiments/lpinn/none.yaml"}, study)
+    assert got == {"pinn": str(model), "lpinn": {"config": str(model), "overrides": ["a=1"]}, "missing": "experiments/lpinn/none.yaml"}
+    monkeypatch.chdir(root)  # from the project root the path exists as given
+    assert _resolve_models({"pinn": "experiments/lpinn/pinn.yaml"}, study) == {"pinn": "experiments/lpinn/pinn.yaml"}

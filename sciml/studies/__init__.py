@@ -65,6 +65,8 @@ def run_study(path: Path, raw: dict, out: Path | None, quick: bool, overrides: S
         if key not in allowed:
             raise ConfigError(f"{target} has no argument {key!r}.{did_you_mean(key, allowed)} Its arguments are {', '.join(allowed)}.")
         args[key] = value
+    if isinstance(args.get("models"), Mapping):
+        args["models"] = _resolve_models(args["models"], path)
     name = str(raw.get("name", ""))
     if not name or "/" in name or name in (".", ".."):
         raise ConfigError(f"`name` (={name!r}) in {path} names the run folder runs/NAME: give a plain folder name.")
@@ -110,6 +112,30 @@ def evaluate_study(run_dir: Path, raw: dict) -> dict[str, Any]:
     report = _with_provenance({"experiment": str(raw.get("name", "")), **reevaluate(out=run_dir, **args)}, run_dir)
     atomic_write_json(run_dir / "metrics.json", report)
     return report
+
+
+def _resolve_models(models: Mapping[str, Any], study: Path) -> dict[str, Any]:
+    """The study's model experiment files, found from anywhere: a relative path as given (from
+    the working directory) or, failing that, from the study file's folder or one of its parents
+    (the shipped studies name files from the project root, e.g. experiments/lpinn/...)."""
+    def find(config: str) -> str:
+        given = Path(config)
+        if given.is_absolute() or given.exists():
+            return config
+        for folder in Path(study).resolve().parents:
+            if (folder / given).exists():
+                return str(folder / given)
+        return config  # not found anywhere: run_experiment names it
+
+    resolved: dict[str, Any] = {}
+    for name, spec in models.items():
+        if isinstance(spec, str):
+            resolved[name] = find(spec)
+        elif isinstance(spec, Mapping) and isinstance(spec.get("config"), str):
+            resolved[name] = {**spec, "config": find(spec["config"])}
+        else:
+            resolved[name] = spec  # model_specs names what is wrong with it
+    return resolved
 
 
 def _with_provenance(report: dict[str, Any], out: Path) -> dict[str, Any]:

@@ -149,6 +149,9 @@ def test_a_missing_file_is_generated_from_the_named_generator(tmp_path):
     dm.setup()
     assert path.exists() and len(dm.splits["train"]) + len(dm.splits["val"]) + len(dm.splits["test"]) == 6
     assert dm.grid["x"].shape == (16,) and dm.grid["t"].shape == (5,)
+    # the next run with the same settings accepts the file it made (random initial conditions,
+    # chosen by the number of samples, are part of the file's digest either way)
+    SampleDataModule(str(path), batch_size=2, generator="convection", generator_params={"nx": 16, "nt": 5}, n_samples=6, seed=3).prepare_data()
     with pytest.raises(ConfigError, match="`n_samples`"):
         SampleDataModule(str(path), generator="convection")
 

@@ -58,6 +58,13 @@ class SpectralGenerator(Generator):
     def config(self) -> dict[str, Any]:
         return {**self.pde.params(), "nx": self.nx, "nt": self.nt, "random_ic": self.random_ic}
 
+    def config_for(self, n: int) -> dict[str, Any]:
+        return self.config() | {"random_ic": self._random_ic(n)}
+
+    def _random_ic(self, n: int) -> bool:
+        """random_ic as given, or (None) random initial conditions when there is more than one sample."""
+        return n > 1 if self.random_ic is None else bool(self.random_ic)
+
     @classmethod
     def parameters(cls) -> dict[str, Any]:
         pde = {p.name: p.default for p in inspect.signature(cls.pde_class).parameters.values()}
@@ -68,8 +75,7 @@ class SpectralGenerator(Generator):
         return [k for k, _ in items], np.array([v for _, v in items], dtype=np.float64)
 
     def layout(self, n: int) -> PDEDataset:
-        if self.random_ic is None:
-            self.random_ic = n > 1
+        self.random_ic = self._random_ic(n)
         return self._dataset(shape_only((n, self.nt, self.nx)), shape_only((n, self.nx)))
 
     def _dataset(self, u: np.ndarray, u0: np.ndarray) -> PDEDataset:
@@ -221,7 +227,9 @@ def generate(
 
 def spec_sha(name: str, gen: Generator, n: int, seed: int) -> str:
     """The digest a generated file carries (root attribute ``sha``): generator, parameters, n, seed."""
-    spec = {"generator": name, "params": gen.config(), "n": int(n), "seed": int(seed)}
+    # config_for(n): a generator that decides something by n (random initial conditions) gives the
+    # same digest before its layout(n) as after, so a data module can check a file it made
+    spec = {"generator": name, "params": gen.config_for(n), "n": int(n), "seed": int(seed)}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
 
 

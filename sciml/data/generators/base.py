@@ -49,6 +49,11 @@ class Generator(ABC):
         """The generator's parameters as plain JSON values (they identify the dataset)."""
         return {k: getattr(self, k) for k in inspect.signature(type(self)).parameters}
 
+    def config_for(self, n: int) -> dict[str, Any]:
+        """:meth:`config` with every choice that depends on the number of samples made for ``n``
+        (what a file of ``n`` samples records, whether or not it was generated yet)."""
+        return self.config()
+
     @classmethod
     def parameters(cls) -> dict[str, Any]:
         """Parameter names and defaults, for ``sciml data generate --list``."""

@@ -182,3 +182,23 @@ def test_a_collocation_reference_for_other_parameters_is_refused(tmp_path):
     made.setup()
     with pytest.raises(ConfigError, match=r"pde.init_args.beta \(=30.0\) differs from the 5.0"):
         CollocationDataModule(Convection(beta=30.0), path=str(path), nx=32, nt=8, n_collocation=100).setup()
+
+
+def test_a_sample_with_nan_is_refused_when_it_is_read(path, tmp_path):
+    """The data module reads samples lazily, so a NaN written into a file after its validation
+    is caught where the sample is served, naming it, not trained on silently."""
+    import shutil
+
+    import h5py
+
+    bad = tmp_path / "nan.h5"
+    shutil.copy(path, bad)
+    with h5py.File(bad, "r+") as f:
+        u = f["samples/u"]
+        row = u[3]
+        row[1, 2] = np.nan
+        u[3] = row
+    samples = H5Samples(str(bad))
+    samples[2]  # the others are served
+    with pytest.raises(DataError, match=r"nan.h5: sample 3 has NaN/Inf in 'u'"):
+        samples[3]

@@ -70,6 +70,10 @@ class H5Samples(Dataset):
         }
         # Files without /samples/u0 (e.g. PDEBench's) start from their first frame.
         item["u0"] = torch.from_numpy(np.asarray(arrays["u0"][i], dtype=np.float32)) if self.has_u0 else item["u"][0].clone()
+        for key in ("u", "u0", "params"):  # a NaN would train silently (or fail later, blamed on the training)
+            if not bool(torch.isfinite(item[key]).all()):
+                raise DataError(f"{self.path}: sample {i} has NaN/Inf in {key!r} (`sciml data info {self.path}` checks the "
+                                "whole file); regenerate the file, or drop the sample.")
         return item
 
     def _arrays(self) -> dict[str, Any]:

@@ -138,6 +138,13 @@ def test_missing_and_non_hdf5_files_are_refused(tmp_path):
     (dict(weights=np.ones(5)), "quadrature weights have shape"),
     (dict(u0=np.zeros((4, 6, 3))[:2]), "u0 has shape"),
     (dict(u=np.zeros((4, 5, 6, 3), dtype=np.int32)), "dtype int32"),
+    (dict(weights=np.full(18, np.nan)), "quadrature weights must be finite and >= 0"),
+    (dict(weights=np.full(18, -1.0)), "quadrature weights must be finite and >= 0"),
+    (dict(grid={"x": np.array([0, 1, 2, 2, 3, 4.0])}), "grid axis 'x' is not strictly increasing"),
+    (dict(grid={"t": np.array([0, 0.25, np.nan, 0.75, 1])}), "grid axis 't' holds NaN/Inf"),
+    (dict(params=np.full((4, 2), np.nan)), "params.*non-finite"),
+    (dict(u0=np.zeros((4, 6, 3), dtype=np.int64)), "u0 has dtype int64"),
+    (dict(common_params=[1, 2]), "`params` must be a JSON object"),
 ])
 def test_inconsistent_arrays_are_refused_on_write(tmp_path, change, message):
     ds = grid_dataset()
@@ -151,6 +158,14 @@ def test_mesh_with_bad_cells_is_refused(tmp_path):
     bad = dataclasses.replace(mesh_dataset(), mesh_cells=np.array([[0, 1, 4]]))
     with pytest.raises(DataError, match=r"outside \[0, 4\)"):
         write_dataset(tmp_path / "d.h5", bad)
+    # cells that do not fit their cell_type (XDMF export then crashed or wrote polylines)
+    for change, message in ((dict(mesh_cells=np.array([[0, 1], [2, 3]])), "triangle cells have 3 vertices, but the cells hold 2"),
+                            (dict(cell_type="interval"), "interval cells have 2 vertices, but the cells hold 3"),
+                            (dict(cell_type="prism"), "cell_type 'prism' is not one of"),
+                            (dict(mesh_points=np.zeros((4, 1))), "need points in >= 2 dimensions")):
+        with pytest.raises(DataError, match=message):
+            write_dataset(tmp_path / "d.h5", dataclasses.replace(mesh_dataset(), **change))
+    assert not list(tmp_path.iterdir())
 
 
 def edit(path, fn):

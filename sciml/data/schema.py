@@ -93,6 +93,10 @@ class PDEDataset:
         return tuple(len(self.grid[axis]) for axis in _SPACE_AXES if axis in self.grid)
 
 
+# cell_type -> (vertices per cell, topological dimension)
+_CELL_SHAPES = {"interval": (2, 1), "triangle": (3, 2), "quadrilateral": (4, 2), "tetrahedron": (4, 3), "hexahedron": (8, 3)}
+
+
 def _check(ds: PDEDataset, where: str, fix: str) -> None:
     """Raise `DataError` unless the arrays of `ds` fit together as the schema requires."""
 
@@ -107,6 +111,12 @@ def _check(ds: PDEDataset, where: str, fix: str) -> None:
         fail("the grid has a `y` axis but no `x` axis")
     if bad := [k for k, a in ds.grid.items() if np.ndim(a) != 1]:
         fail(f"grid axes {bad} are not 1-D arrays")
+    for axis, values in ds.grid.items():
+        values = np.asarray(values)
+        if not np.issubdtype(values.dtype, np.number) or not np.all(np.isfinite(values)):
+            fail(f"grid axis {axis!r} holds NaN/Inf or no numbers")
+        if np.any(np.diff(values.astype(np.float64)) <= 0):
+            fail(f"grid axis {axis!r} is not strictly increasing")
     if ds.is_mesh:
         if set(ds.grid) != {"t"}:
             fail("a dataset has a mesh or x/y grid axes, not both")
@@ -117,6 +127,15 @@ def _check(ds: PDEDataset, where: str, fix: str) -> None:
             fail(f"mesh points {points.shape} and cells {cells.shape} must be 2-D, cells integer")
         if cells.size and (cells.min() < 0 or cells.max() >= len(points)):
             fail(f"mesh cells refer to points outside [0, {len(points)})")
+        vertices, dim = _CELL_SHAPES.get(str(ds.cell_type), (None, None))
+        if vertices is None:
+            fail(f"cell_type {ds.cell_type!r} is not one of {sorted(_CELL_SHAPES)}")
+        if cells.shape[1] != vertices:
+            fail(f"{ds.cell_type} cells have {vertices} vertices, but the cells hold {cells.shape[1]}")
+        if points.shape[1] < dim:
+            fail(f"{ds.cell_type} cells need points in >= {dim} dimensions, but the points have {points.shape[1]}")
+        if not np.all(np.isfinite(points)):
+            fail("mesh points hold NaN/Inf")
     elif ds.mesh_cells is not None:
         fail("mesh cells are given without mesh points")
     u, space, n_t = ds.u, ds.space_shape, len(ds.grid["t"])
@@ -138,6 +157,12 @@ def _check(ds: PDEDataset, where: str, fix: str) -> None:
     if ds.weights is not None and np.shape(ds.weights) != (math.prod(space),):
         fail(f"quadrature weights have shape {list(np.shape(ds.weights))}, "
              f"expected [{math.prod(space)}] (one per spatial point)")
+    if ds.weights is not None and not (np.all(np.isfinite(ds.weights)) and np.all(np.asarray(ds.weights) >= 0)):
+        fail("quadrature weights must be finite and >= 0 (G u = weights . u is the conserved quantity)")
+    if ds.u0 is not None and not np.issubdtype(np.asarray(ds.u0).dtype, np.floating):
+        fail(f"u0 has dtype {np.asarray(ds.u0).dtype}; store float32 or float64")
+    if not isinstance(ds.common_params, dict):
+        fail(f"the root attribute `params` must be a JSON object of the common parameters, got {type(ds.common_params).__name__}")
 
 
 def _scan(name: str, values: Any, where: str) -> tuple[float, float, float]:
@@ -214,8 +239,8 @@ def write_dataset(path: str | os.PathLike, ds: PDEDataset, *, compression: str |
     """
     path = Path(path)
     _check(ds, f"cannot write {path}", _WRITE_FIX)
-    for name in ("u", "u0"):
-        if getattr(ds, name) is not None:
+    for name in ("u", "u0", "params"):
+        if getattr(ds, name) is not None and np.size(getattr(ds, name)):
             _scan(name, getattr(ds, name), f"cannot write {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
@@ -321,8 +346,8 @@ def read_dataset(path: str | os.PathLike, *, load: bool = True) -> PDEDataset:
     with _open(path) as f:
         ds = _read(f, path, load=load)
     if load:
-        for name in ("u", "u0"):
-            if getattr(ds, name) is not None:
+        for name in ("u", "u0", "params"):
+            if getattr(ds, name) is not None and np.size(getattr(ds, name)):
                 _scan(f"/samples/{name}", getattr(ds, name), str(path))
     return ds
 
@@ -341,8 +366,9 @@ def _inspect(path: Path) -> tuple[PDEDataset, tuple[float, float, float]]:
     with _open(path) as f:
         ds = _read(f, path, load=False)
         stats = _scan("/samples/u", sample_arrays(f)["u"], str(path))
-        if "samples/u0" in f:
-            _scan("/samples/u0", f["samples/u0"], str(path))
+        for name in ("u0", "params"):
+            if f"samples/{name}" in f and f[f"samples/{name}"].size:
+                _scan(f"/samples/{name}", f[f"samples/{name}"], str(path))
     return ds, stats
 
 

@@ -133,9 +133,15 @@ def _parse_params(items: Sequence[str]) -> dict:
     params = {}
     for key, value in (parse_override(item, example="beta=30") for item in items):
         try:
-            params[key] = yaml.safe_load(value)
+            parsed = yaml.safe_load(value)
         except yaml.YAMLError as exc:
             raise ConfigError(f"the value of PDE parameter `{key}` (={value!r}) is not valid YAML; give a number, a string or a list such as [1, 2].") from exc
+        if isinstance(parsed, str):  # YAML 1.1 reads 1e-3 (no dot) as a string; it is a number on a command line
+            try:
+                parsed = float(parsed) if parsed.strip().lower() not in ("nan", "inf", "-inf", "+inf", "infinity") else parsed
+            except ValueError:
+                pass
+        params[key] = parsed
     return params
 
 

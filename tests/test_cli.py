@@ -488,3 +488,11 @@ def test_the_command_keeps_large_allocations_on_the_heap_unless_told_not_to(env,
     out = subprocess.run([sys.executable, "-c", _MAPPED_FOR_A_LARGE_TENSOR, _MAPPED], env={**clean, **env}, capture_output=True,
                          text=True, check=True).stdout.split()
     assert out == [applied, str(mapped_mb), str(mapped_mb)]
+
+
+def test_parameters_in_exponent_notation_are_numbers():
+    """YAML 1.1 reads 1e-3 (no dot) as a string; `sciml data generate ... nu=1e-3` means the number."""
+    from sciml.cli import _parse_params
+
+    assert _parse_params(["nu=1e-3", "k=2e0", "beta=30", "ic=sine", "modes=[1, 2]"]) == \
+        {"nu": 0.001, "k": 2.0, "beta": 30, "ic": "sine", "modes": [1, 2]}

@@ -198,3 +198,12 @@ def test_registry_lists_every_family_it_can_import():
         assert cls.name == name and cls.description
         assert name in describe_generators()
     assert all("extra" in m or "could not be imported" in m for m in missing)
+
+
+def test_an_output_that_is_a_folder_is_refused_before_any_work(tmp_path):
+    from sciml.data.generators import generate
+    from sciml.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"is a folder; give a file path, e\.g\. .*convection\.h5"):
+        generate("convection", tmp_path, n=2, params={"nx": 16, "nt": 4}, progress=False)
+    assert list(tmp_path.iterdir()) == []  # no .partial left behind

@@ -76,3 +76,19 @@ def test_inconsistent_or_broken_pdebench_files_are_refused(tmp_path):
         f["0001/data"][0, 0, 0] = np.nan
     with pytest.raises(DataError, match="non-finite"):
         validate_dataset(nan)
+
+
+def test_samples_come_in_natural_order_and_other_root_entries_are_not_samples(tmp_path):
+    """Group names 0 .. 11 without padding are samples 0 .. 11 (not 0, 1, 10, 11, 2 as strings
+    sort), and a dataset at the root (metadata) is neither a sample nor an error."""
+    path = tmp_path / "1D_diff-sorp_NA_NA.h5"
+    x, t = (np.arange(8) + 0.5) / 8, np.linspace(0, 500, 4)
+    with h5py.File(path, "w") as f:
+        for i in range(12):
+            g = f.create_group(str(i))
+            g["data"] = np.full((4, 8, 1), float(i))
+            g["grid/x"], g["grid/t"] = x, t
+        f["info"] = np.arange(3)
+    ds = read_dataset(path)
+    assert ds.u[:, 0, 0].tolist() == [float(i) for i in range(12)]
+    assert H5Samples(path, [10])[0]["u"][0, 0] == 10.0

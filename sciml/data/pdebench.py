@@ -9,6 +9,7 @@ cell-width quadrature weights. The samples are read lazily, one group at a time.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +26,23 @@ def is_pdebench(f: h5py.File) -> bool:
     """A file with no sciml root attributes whose groups hold ``data`` and ``grid``."""
     if "schema_version" in f.attrs or "samples" in f:
         return False
-    keys = list(f.keys())
-    return bool(keys) and all(isinstance(f[k], h5py.Group) and "data" in f[k] and "grid" in f[k] for k in keys[:3])
+    return bool(sample_groups(f))
+
+
+def sample_groups(f: h5py.File) -> list[str]:
+    """The sample groups (those with ``data`` and ``grid``) in natural order: 0, 1, 2, ..., 10 (not
+    0, 1, 10, 11, 2 as strings sort); other root entries (metadata) are not samples."""
+    keys = [k for k in f.keys() if isinstance(f[k], h5py.Group) and "data" in f[k] and "grid" in f[k]]
+    return sorted(keys, key=lambda k: [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", k)])
 
 
 class Samples:
     """An array-like [n_samples, n_t, n_x(, channels)] view over the sample groups of an open file."""
 
     def __init__(self, f: h5py.File):
-        self.keys = sorted(f.keys())
+        self.keys = sample_groups(f)
+        if not self.keys:
+            raise DataError(f"{f.filename}: no PDEBench sample group (a group with `data` and `grid`) in the file.")
         self._f = f
         first = f[self.keys[0]]["data"]
         self._squeeze = first.ndim == 3 and first.shape[-1] == 1

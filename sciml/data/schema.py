@@ -285,7 +285,11 @@ def _read(f: h5py.File, path: Path, *, load: bool, unfinished_ok: bool = False) 
             raise DataError(f"{path} looks like a PDEBench file (a group per sample) but cannot be read: {exc}. "
                             "Each group needs `data` [t, x(, channels)] and `grid/x`, `grid/t`.") from exc
         u = found.pop("u")
-        ds = PDEDataset(u=u[:] if load else shape_only(u.shape, u.dtype), **found)
+        try:
+            ds = PDEDataset(u=u[:] if load else shape_only(u.shape, u.dtype), **found)
+        except (KeyError, ValueError, TypeError, OSError) as exc:
+            raise DataError(f"{path} looks like a PDEBench file but its samples cannot be read: {exc}. "
+                            "Each group needs `data` [t, x(, channels)] and `grid/x`, `grid/t`.") from exc
         _check(ds, str(path), "Each group needs `data` [t, x(, channels)] and `grid/x`, `grid/t` of matching sizes.")
         return ds
 

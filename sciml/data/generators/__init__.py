@@ -211,6 +211,8 @@ def generate(
     n = check_int("generate", "n", n, 1)
     seed = check_int("generate", "seed", seed, 0)
     workers = check_int("generate", "workers", workers, 1)
+    if Path(out).is_dir():  # before the work, not when the finished file cannot be renamed onto it
+        raise ConfigError(f"the output {out} is a folder; give a file path, e.g. {Path(out) / (name + '.h5')}.")
     gen = make_generator(name, params)
     layout = gen.layout(n)
     layout.config_sha = spec_sha(name, gen, n, seed)

@@ -9,15 +9,17 @@ tensors are accepted too. Writing ``e = pred - true``, ``s`` for a sample, ``t``
 ``rel_l2``          mean_s ||e_s||_2 / ||true_s||_2, each norm over a sample's space-time field
 ``mse``, ``rmse``   mean of e^2 over all entries, and its square root
 ``nrmse``           mean_{s,t} sqrt(<e^2>_x) / sqrt(<true^2>_x)
-``crmse``           sqrt(mean_{s,t} <e>_x^2): error of the conserved spatial sum, per point
-``brmse``           RMS of e over the boundary points of the grid
+``crmse``           mean_t sqrt(mean_s <e>_x^2): error of the conserved spatial sum, per point
+``brmse``           mean_{s,t} sqrt(mean of e^2 over the grid's boundary points), in 2D the
+                    2 n_x + 2 n_y points of the four edges (corners twice, as PDEBench)
 ``frmse_*``         RMS of e band-passed to a band of Fourier wavenumbers (grids only)
 ``max_abs_err``     max |e|
 =================== ===========================================================================
 
 nRMSE, cRMSE, bRMSE and fRMSE follow PDEBench's definitions (Takamoto et al. 2022), implemented
-here from those definitions; the fRMSE normalisation (Parseval, see ``frmse``) is this module's
-choice, so fRMSE values are not interchangeable with PDEBench's tables.
+here from those definitions, with its aggregation: the root per time (cRMSE) or per sample and
+time (nRMSE, bRMSE), then the mean. The fRMSE normalisation (Parseval, see ``frmse``) is this
+module's choice, so fRMSE values are not interchangeable with PDEBench's tables.
 """
 
 from __future__ import annotations
@@ -154,18 +156,15 @@ def _nrmse(err: np.ndarray, true: np.ndarray) -> float:
 
 
 def _crmse(err: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.mean(err, axis=_space_axes(err)) ** 2)))
+    per_time = np.sqrt(np.mean(np.mean(err, axis=_space_axes(err)) ** 2, axis=0))  # over samples
+    return float(np.mean(per_time))
 
 
 def _brmse(err: np.ndarray) -> float:
-    space_shape = err.shape[2:]
-    boundary = np.zeros(space_shape, dtype=bool)
-    for axis in range(len(space_shape)):
-        edge = [slice(None)] * len(space_shape)
-        for index in (0, -1):
-            edge[axis] = index
-            boundary[tuple(edge)] = True
-    return float(np.sqrt(np.mean(err[..., boundary] ** 2)))
+    # The first and last point along each spatial axis: in 2D the four edges, corners twice.
+    edges = [np.take(err, index, axis=axis).reshape(*err.shape[:2], -1) for axis in _space_axes(err) for index in (0, -1)]
+    squares = np.concatenate(edges, axis=-1) ** 2  # [n_samples, n_t, boundary points]
+    return float(np.mean(np.sqrt(np.mean(squares, axis=-1))))
 
 
 def _frmse(err: np.ndarray, bands: Bands) -> dict[str, float]:

@@ -170,12 +170,35 @@ def test_2d_grid():
     assert m["nrmse"] == pytest.approx(0.1 / 3)
 
 
-def test_2d_boundary_counts_each_corner_once():
+def test_2d_boundary_counts_each_corner_twice_as_pdebench():
     err = np.zeros((1, 1, 3, 4))
     err[0, 0, [0, 0, -1, -1], [0, -1, 0, -1]] = 1.0  # the four corners
     err[0, 0, 1, 1:3] = 7.0  # the two interior points must not count
-    # 3 x 4 grid: 12 points, 2 interior, 10 on the boundary; 4 of those are 1, 6 are 0.
-    assert brmse(err, np.zeros_like(err)) == pytest.approx(math.sqrt(4 / 10))
+    # PDEBench sums the two x-edges (4 points each) and the two y-edges (3 each) over 2 nx + 2 ny = 14:
+    # each corner counts twice, 8 ones of 14.
+    assert brmse(err, np.zeros_like(err)) == pytest.approx(math.sqrt(8 / 14))
+
+
+@pytest.mark.parametrize("space", [(9,), (5, 4)])
+def test_crmse_and_brmse_aggregate_as_pdebench(space):
+    """Against PDEBench's formulas written out: the root per time (cRMSE: over samples) or per
+    sample and time (bRMSE), then the mean; errors that vary over samples and times tell the
+    aggregations apart."""
+    rng = np.random.default_rng(0)
+    true = rng.standard_normal((3, 4, *space))
+    pred = true + rng.standard_normal(true.shape) * rng.uniform(0.1, 2.0, (3, 4) + (1,) * len(space))
+    e = pred - true
+    n_points = math.prod(space)
+    csv = np.sqrt(np.mean(e.reshape(3, 4, -1).sum(-1) ** 2, axis=0)) / n_points  # [t]
+    if len(space) == 1:
+        bd = np.sqrt((e[..., 0] ** 2 + e[..., -1] ** 2) / 2)
+    else:
+        nx, ny = space
+        bd_x = (e[:, :, 0, :] ** 2 + e[:, :, -1, :] ** 2).sum(-1)
+        bd_y = (e[:, :, :, 0] ** 2 + e[:, :, :, -1] ** 2).sum(-1)
+        bd = np.sqrt((bd_x + bd_y) / (2 * nx + 2 * ny))
+    assert crmse(pred, true) == pytest.approx(float(csv.mean()), rel=1e-12)
+    assert brmse(pred, true) == pytest.approx(float(bd.mean()), rel=1e-12)
 
 
 def test_mesh_leaves_out_grid_metrics_and_rejects_frmse():

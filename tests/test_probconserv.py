@@ -76,6 +76,22 @@ def test_neural_process_variance_keeps_its_digits_where_the_model_is_confident()
     torch.testing.assert_close(p.var.double(), ref, rtol=1e-5, atol=0)
 
 
+def test_neural_process_prediction_does_not_depend_on_the_chunk_size():
+    """Targets go through the network a chunk at a time; every chunk uses the same latent samples,
+    so the prediction is the same in one chunk or in seven (no Monte Carlo seam between chunks)."""
+    torch.manual_seed(0)
+    net = NeuralProcess(1, hidden=8, heads=2).eval()
+    xc, yc, xt = torch.rand(2, 5, 1), torch.rand(2, 5, 1), torch.rand(2, 13, 1)
+    torch.manual_seed(3)
+    whole = net.predict(xc, yc, xt, n_latent=6)
+    torch.manual_seed(3)
+    chunked = net.predict(xc, yc, xt, n_latent=6, chunk=2)
+    torch.testing.assert_close(chunked.mean, whole.mean)
+    torch.testing.assert_close(chunked.std, whole.std)
+    with pytest.raises(ValueError, match=r"`n_latent` \(=0\) must be an integer >= 1"):
+        net.predict(xc, yc, xt, n_latent=0)
+
+
 def test_neural_process_rejects_bad_shapes_and_sizes():
     net = NeuralProcess(2, hidden=8, heads=2)
     with pytest.raises(ValueError, match=r"context x \[2, 5, 3\]"):

@@ -165,27 +165,33 @@ class NeuralProcess(nn.Module):
     def predict(self, xc: Tensor, yc: Tensor, xt: Tensor, n_latent: int = 50, chunk: int = 4096) -> Gaussian:
         """Predictive mean and standard deviation [B, n_target, dim_y]: the moments of the
         mixture over ``n_latent`` latent samples (one pass when there is no latent variable).
-        Targets are processed ``chunk`` at a time (attention memory grows with them)."""
+        Targets are processed ``chunk`` at a time (attention memory grows with them), every chunk
+        with the same latent samples, so the prediction does not change where chunks meet."""
         self._check(xc, yc, xt)
-        if xt.shape[1] > chunk:
-            parts = [self.predict(xc, yc, xt[:, i:i + chunk], n_latent, chunk) for i in range(0, xt.shape[1], chunk)]
-            return Gaussian(torch.cat([p.mean for p in parts], 1), torch.cat([p.std for p in parts], 1))
-        r = self.deterministic(xc, yc, xt)
+        if isinstance(n_latent, bool) or not isinstance(n_latent, int) or n_latent < 1:
+            raise ValueError(f"`n_latent` (={n_latent!r}) must be an integer >= 1.")
+        chunks = xt.split(chunk, dim=1)
         if not self.latent:
-            return self.decode(xt, r, None)
-        prior = self.latent_dist(xc, yc)
-        # The mixture's moments in float64, its spread of means by Welford's update: as
-        # E[var + mean^2] - E[mean]^2 in float32 a variance near min_sigma^2 under |u| ~ 1 would
-        # lose most of its digits to cancellation.
+            parts = [self.decode(x, self.deterministic(xc, yc, x), None) for x in chunks]
+        else:
+            prior = self.latent_dist(xc, yc)
+            zs = [prior.mean + prior.std * torch.randn_like(prior.std) for _ in range(n_latent)]
+            parts = [self._mixture(x, self.deterministic(xc, yc, x), zs) for x in chunks]
+        return parts[0] if len(parts) == 1 else Gaussian(torch.cat([p.mean for p in parts], 1), torch.cat([p.std for p in parts], 1))
+
+    def _mixture(self, xt: Tensor, r: Tensor, zs: list[Tensor]) -> Gaussian:
+        """The moments of the decoded mixture over the latent samples ``zs``, in float64, its spread
+        of means by Welford's update: as E[var + mean^2] - E[mean]^2 in float32 a variance near
+        min_sigma^2 under |u| ~ 1 would lose most of its digits to cancellation."""
         mean = spread = within = torch.zeros((), dtype=torch.float64, device=xt.device)
-        for i in range(1, n_latent + 1):
-            p = self.decode(xt, r, prior.mean + prior.std * torch.randn_like(prior.std))
+        for i, z in enumerate(zs, start=1):
+            p = self.decode(xt, r, z)
             m = p.mean.double()
             d = m - mean
             mean = mean + d / i
             spread = spread + d * (m - mean)
             within = within + p.var.double()
-        var = (within + spread) / n_latent
+        var = (within + spread) / len(zs)
         return Gaussian(mean.to(p.mean.dtype), var.clamp_min(self.min_sigma**2).sqrt().to(p.mean.dtype))
 
     def _check(self, xc: Tensor, yc: Tensor, xt: Tensor) -> None:

@@ -100,6 +100,8 @@ def test_neural_process_rejects_bad_shapes_and_sizes():
         net.predict(torch.rand(2, 0, 2), torch.rand(2, 0, 1), torch.rand(2, 4, 2))
     with pytest.raises(ValueError, match="multiple of `heads`"):
         NeuralProcess(2, hidden=10, heads=4)
+    with pytest.raises(ValueError, match=r"`cross_attention` \(=0\) must be >= 1 with attention"):
+        NeuralProcess(2, hidden=8, heads=2, cross_attention=0)  # it built one anyway
 
 
 def test_conditional_neural_process_learns_an_amplitude_family():

@@ -85,6 +85,9 @@ class NeuralProcess(nn.Module):
                                  ("decoder_layers", decoder_layers, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"`{name}` (={value!r}) must be an integer >= {low}.")
+        if attention and cross_attention < 1:
+            raise ValueError(f"`cross_attention` (={cross_attention}) must be >= 1 with attention: the targets read the context "
+                             "through it (attention=False for a plain neural process with a mean-pooled r).")
         if attention and hidden % heads:
             raise ValueError(f"`hidden` (={hidden}) must be a multiple of `heads` (={heads}) for multi-head attention.")
         if not min_sigma > 0:
@@ -98,7 +101,7 @@ class NeuralProcess(nn.Module):
             self.det_self = nn.ModuleList(_Attention(hidden, heads) for _ in range(self_attention))
             self.query = MLP(dim_x, hidden, [hidden], activation=act)
             self.key = MLP(dim_x, hidden, [hidden], activation=act)
-            self.cross = nn.ModuleList(_Attention(hidden, heads) for _ in range(max(cross_attention, 1)))
+            self.cross = nn.ModuleList(_Attention(hidden, heads) for _ in range(cross_attention))
         if latent:
             self.lat_encoder = MLP(dim_x + dim_y, hidden, [hidden, hidden], activation=act)
             self.lat_self = nn.ModuleList(_Attention(hidden, heads) for _ in range(self_attention if attention else 0))

@@ -113,3 +113,32 @@ def test_missing_ray_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails
     with pytest.raises(SciMLError, match=r"pip install 'sciml\[ray\]'"):
         RayExecutor()._ray()
+
+
+def test_tensors_shared_by_the_batch_go_whole_to_every_chunk(ray):
+    """A 0-dim scalar and a [3] vector shared by a batch of 4 (the local executor broadcasts them):
+    only per-problem tensors are split, so the chunks give the local solution."""
+    from sciml.constraints import least_squares
+
+    def fn(y, a, scale, shift):  # a per problem [4, 3, 2]; scale 0-dim; shift [3], shared
+        return scale * (a @ y.unsqueeze(-1)).squeeze(-1) - shift
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4, 3, 2, generator=g, dtype=F64)
+    args = (a, torch.tensor(2.0, dtype=F64), torch.tensor([1.0, -1.0, 0.5], dtype=F64))
+    local = least_squares(fn, torch.zeros(4, 2, dtype=F64), args)
+    far = RayExecutor(num_workers=3).solve(fn, torch.zeros(4, 2, dtype=F64), args, solver=None, adjoint=None, max_steps=50, dtype=None)
+    torch.testing.assert_close(far.value, local.value, rtol=0, atol=1e-12)
+    assert far.result.tolist() == local.result.tolist()
+
+
+def test_an_address_is_not_swapped_silently_for_the_running_instance(ray, tmp_path):
+    """With Ray already running here, an executor (or a generation) told to join another cluster
+    refuses instead of using the local instance."""
+    from sciml.data.generators import generate
+
+    with pytest.raises(ConfigError, match=r"`address` \(='10.255.255.1:6379'\) names a Ray cluster, but this process is already connected"):
+        RayExecutor(address="10.255.255.1:6379")._ray()
+    with pytest.raises(ConfigError, match=r"--ray-address \(='10.255.255.1:6379'\) names a Ray cluster"):
+        generate("convection", tmp_path / "never_written.h5", n=2, params={"nx": 16, "nt": 4}, workers=2,
+                 ray_address="10.255.255.1:6379", progress=False)

@@ -4,9 +4,11 @@ An executor takes the batched problem of :func:`~sciml.constraints.least_squares
 along the first axis: batch x experts) and returns its :class:`Solution`, differentiable in the
 arguments. :class:`LocalExecutor` solves every problem in one batched call on the tensors'
 device; :class:`RayExecutor` splits that axis into contiguous chunks, solves each chunk's
-forward on a Ray worker and concatenates, with identical results. Its gradients come from the
-implicit adjoint, attached in this process: the backward needs only the converged y* and the
-arguments (:mod:`sciml.constraints.adjoint`), not the iterations the workers ran.
+forward on a Ray worker and concatenates: the same solutions to round-off (~1e-14; the gradients
+to ~1e-12, as the backward forms the rows' Gram matrix again where a worker's forward kept
+nothing). Its gradients come from the implicit adjoint, attached in this process: the backward
+needs only the converged y* and the arguments (:mod:`sciml.constraints.adjoint`), not the
+iterations the workers ran.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError, optional_import
+from .._ray import connect
 from ._solution import Solution
 from ._solve import Residual, solve
 from .adjoint import AbstractAdjoint, ImplicitAdjoint
@@ -50,6 +52,11 @@ class RayExecutor(Executor):
     (the default), attached here from the gathered y*; an unrolled adjoint needs the solver's
     iterations in this process: use :class:`LocalExecutor` for it.
 
+    Tensor arguments whose first axis has one entry per problem are split with the problems; any
+    other tensor (shared by the batch: a scalar, a grid) goes whole to every chunk. A shared tensor
+    whose first axis happens to have the batch's length cannot be told apart: give it a leading
+    axis of 1 (or expand it over the batch).
+
     Args:
         address: a running Ray cluster (``ray start --head`` prints it); None starts a local
             one with ``num_workers`` CPUs unless Ray is already initialised in this process.
@@ -60,6 +67,15 @@ class RayExecutor(Executor):
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
             raise ValueError(f"`num_workers` (={num_workers!r}) must be an integer >= 1.")
         self.address, self.num_workers = address, num_workers
+        self._started = False  # whether this executor started the Ray instance (close() stops it)
+
+    def close(self) -> None:
+        """Shut down the Ray instance this executor started (one it joined stays up)."""
+        if self._started:
+            import ray
+
+            ray.shutdown()
+            self._started = False
 
     def solve(self, fn, y0, args, *, solver, adjoint, max_steps, dtype):
         adjoint = adjoint or ImplicitAdjoint()
@@ -75,8 +91,15 @@ class RayExecutor(Executor):
         gpus = ray.cluster_resources().get("GPU", 0) if y0.is_cuda else 0
         device = "cuda" if gpus > 0 else "cpu"
         task = _remote_chunk(ray).options(num_cpus=1, num_gpus=min(1.0, gpus / self.num_workers))
-        refs = [task.remote(fn, y0[part].cpu(), [a[part].cpu() if torch.is_tensor(a) else a for a in args], solver, max_steps, device)
-                for part in torch.arange(len(y0)).tensor_split(self.num_workers) if len(part)]
+        batch = len(y0)
+
+        def split(a, part):  # a per-problem tensor's chunk; a shared one whole
+            if not torch.is_tensor(a):
+                return a
+            return a[part].cpu() if a.ndim and a.shape[0] == batch else a.cpu()
+
+        refs = [task.remote(fn, y0[part].cpu(), [split(a, part) for a in args], solver, max_steps, device)
+                for part in torch.arange(batch).tensor_split(self.num_workers) if len(part)]
         try:
             parts = ray.get(refs)
         except ray.exceptions.RayTaskError as exc:  # the worker's own error, e.g. a bad residual
@@ -89,14 +112,8 @@ class RayExecutor(Executor):
         )
 
     def _ray(self):
-        ray = optional_import("ray", "ray", "RayExecutor (solver.executor='ray')")
-        if not ray.is_initialized():
-            try:
-                ray.init(address=self.address, num_cpus=None if self.address else self.num_workers,
-                         include_dashboard=False, log_to_driver=False, configure_logging=False)
-            except ConnectionError as exc:
-                raise ConfigError(f"cannot reach the Ray cluster at `address` (={self.address!r}) ({exc}); start it with "
-                                  "`ray start --head` or leave the address unset for a local one.") from exc
+        ray, started = connect(self.address, self.num_workers, "RayExecutor (solver.executor='ray')", "`address`")
+        self._started = self._started or started
         return ray
 
     def __repr__(self) -> str:

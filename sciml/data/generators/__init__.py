@@ -27,7 +27,7 @@ import numpy as np
 from rich.progress import Progress
 
 from ... import __version__
-from ...errors import ConfigError, SciMLError, did_you_mean, optional_import
+from ...errors import ConfigError, SciMLError, did_you_mean
 from ...pdes import PDE, Burgers, Convection, ConvectionDiffusion, Reaction, ReactionDiffusion, pde_from_config
 from ..schema import DatasetWriter, PDEDataset, shape_only
 from . import spectral
@@ -254,15 +254,9 @@ def _sample_task(key: str, boxed: list, i: int, seed: int) -> Sample:
 
 def _ray_samples(gen: Generator, seed: int, todo: list[int], workers: int, address: str | None) -> Iterator[tuple[int, Sample]]:
     """(i, sample) as Ray workers finish them, at most ``2 * workers`` in flight."""
-    ray = optional_import("ray", "ray", "`sciml data generate --workers`")
-    own = not ray.is_initialized()
-    if own:
-        try:
-            ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
-                     log_to_driver=False, configure_logging=False)
-        except ConnectionError as exc:
-            raise ConfigError(f"cannot reach the Ray cluster at --ray-address {address!r} ({exc}); start it with "
-                              "`ray start --head` or drop --ray-address to use local workers.") from exc
+    from ..._ray import connect
+
+    ray, own = connect(address, workers, "`sciml data generate --workers`", "--ray-address")
     task = ray.remote(num_cpus=1)(_sample_task)
     key = f"{type(gen).__module__}.{type(gen).__qualname__}:{json.dumps(gen.config(), sort_keys=True, default=str)}"
     boxed = [ray.put(gen)]

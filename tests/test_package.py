@@ -43,3 +43,19 @@ def test_optional_import_returns_the_module_when_present():
 def test_optional_import_names_the_extra():
     with pytest.raises(SciMLError, match=r"sciml\[convex\]"):
         optional_import("surely_not_a_module_xyz", "convex", "Convex constraints")
+
+
+def test_the_dockerfile_copies_files_that_exist():
+    """docker/Dockerfile (built elsewhere: no Docker engine here) copies the lock, the set-up
+    script and the package before the rest: every source it names must be in the checkout."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    lines = (root / "docker" / "Dockerfile").read_text().splitlines()
+    copies = [line.split()[1:] for line in lines if line.startswith("COPY ")]
+    assert copies, "no COPY in docker/Dockerfile"
+    for words in copies:
+        sources = [w for w in words if not w.startswith("--")][:-1]  # the last word is the destination
+        for source in sources:
+            assert source == "." or (root / source).exists(), source
+    assert any("scripts/setup.sh" in line for line in lines if line.startswith("RUN "))

@@ -16,8 +16,8 @@ venv=$root/.venv
 
 say() { printf '[setup] %s\n' "$*" >&2; }
 
-python_ok() {  # $1 is a usable interpreter if it runs and is >= 3.12 with venv support
-    "$1" -c 'import sys, venv; sys.exit(0 if sys.version_info >= (3, 12) else 1)' >/dev/null 2>&1
+python_ok() {  # $1 is a usable interpreter if it runs and is >= 3.12 with venv support (ensurepip: Debian ships it apart, in python3.12-venv)
+    "$1" -c 'import sys, venv, ensurepip; sys.exit(0 if sys.version_info >= (3, 12) else 1)' >/dev/null 2>&1
 }
 
 find_python() {

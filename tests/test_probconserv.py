@@ -36,6 +36,16 @@ def test_neural_process_is_invariant_to_the_context_order(attention, latent):
     assert float(a.std.min()) >= 1e-3  # min_sigma
 
 
+def mixture_moments(net, xc, yc, xt, n_latent: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The predictive mixture's mean and variance written out in float64, with the latent draws
+    `predict` makes after torch.manual_seed(seed): E[mean], and E[var] + Var[mean] centred."""
+    torch.manual_seed(seed)
+    r, prior = net.deterministic(xc, yc, xt), net.latent_dist(xc, yc)
+    parts = [net.decode(xt, r, prior.mean + prior.std * torch.randn_like(prior.std)) for _ in range(n_latent)]
+    means = torch.stack([q.mean.double() for q in parts])
+    return means.mean(0), torch.stack([q.var.double() for q in parts]).mean(0) + means.var(0, unbiased=False)
+
+
 def test_neural_process_prediction_is_the_mixture_moments():
     """With a latent variable the predictive variance is E[var] + Var[mean] over z samples."""
     torch.manual_seed(0)
@@ -43,14 +53,9 @@ def test_neural_process_prediction_is_the_mixture_moments():
     xc, yc, xt = torch.rand(2, 5, 1), torch.rand(2, 5, 1), torch.rand(2, 4, 1)
     torch.manual_seed(3)
     p = net.predict(xc, yc, xt, n_latent=6)
-    torch.manual_seed(3)
-    r = net.deterministic(xc, yc, xt)
-    prior = net.latent_dist(xc, yc)
-    parts = [net.decode(xt, r, prior.mean + prior.std * torch.randn_like(prior.std)) for _ in range(6)]
-    means = torch.stack([q.mean for q in parts])
-    var = torch.stack([q.var for q in parts]).mean(0) + means.var(0, unbiased=False)
-    torch.testing.assert_close(p.mean, means.mean(0), atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(p.var, var, atol=1e-6, rtol=1e-4)
+    mean, var = mixture_moments(net, xc, yc, xt, n_latent=6, seed=3)
+    torch.testing.assert_close(p.mean.double(), mean, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(p.var.double(), var, atol=1e-6, rtol=1e-4)
 
 
 def test_neural_process_variance_keeps_its_digits_where_the_model_is_confident():
@@ -67,11 +72,7 @@ def test_neural_process_variance_keeps_its_digits_where_the_model_is_confident()
     xc, yc, xt = torch.rand(1, 100, 2), torch.rand(1, 100, 1), torch.rand(1, 400, 2)
     torch.manual_seed(1)
     p = net.predict(xc, yc, xt, n_latent=50)
-    torch.manual_seed(1)
-    r, prior = net.deterministic(xc, yc, xt), net.latent_dist(xc, yc)
-    parts = [net.decode(xt, r, prior.mean + prior.std * torch.randn_like(prior.std)) for _ in range(50)]
-    means = torch.stack([q.mean.double() for q in parts])
-    ref = torch.stack([q.var.double() for q in parts]).mean(0) + means.var(0, unbiased=False)
+    _, ref = mixture_moments(net, xc, yc, xt, n_latent=50, seed=1)
     assert float(ref.median()) < 1e-5  # the regime of the test: a variance far below mean^2
     torch.testing.assert_close(p.var.double(), ref, rtol=1e-5, atol=0)
 

@@ -181,7 +181,7 @@ class _RidgeLeastSquares(torch.autograd.Function):
     """w* = (B^T B + ridge I)^-1 B^T y for B [batch, m, N], y [batch, m], with the gradient in
     closed form: for H z = dL/dw*, dL/dB = (y - B w*) z^T - (B z) w*^T and dL/dy = B z. Two rank-1
     terms of B's size, where autograd through the Gram matrix would take two more products of
-    B's size times N (the backward was two thirds of the cost)."""
+    B's size times N."""
 
     @staticmethod
     def forward(ctx, B: Tensor, y: Tensor, ridge: float) -> Tensor:

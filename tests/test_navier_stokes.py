@@ -141,10 +141,34 @@ def test_generator_writes_a_valid_deterministic_dataset(tmp_path):
     assert back.u.shape == (2, 3, 16, 16) and back.param_names == ["nu", "length_scale"]
 
 
+def test_generator_forcing_is_the_pdes_and_is_recorded(tmp_path):
+    from sciml.data.generators import spec_sha
+    from sciml.data.schema import check_physics
+    from sciml.pdes import NavierStokes2D as Vorticity
+
+    forced = NavierStokes2D(n=16, nt=3, t_end=0.2, nu=1e-3, forcing=0.5)
+    x = np.arange(16) / 16
+    sample = forced.sample(0, seed=2)
+    f = Vorticity(nu=1e-3, forcing=0.5, t_end=0.2).forcing_field(x, x)
+    expected = solve_navier_stokes(sample.u0.astype(np.float64), forced.times, 1e-3, forcing=f).numpy()
+    np.testing.assert_allclose(sample.u, expected, rtol=0, atol=1e-5)
+    unforced = NavierStokes2D(n=16, nt=3, t_end=0.2, nu=1e-3)
+    assert np.abs(unforced.sample(0, seed=2).u[-1] - sample.u[-1]).max() > 1e-2  # the source acts
+    assert forced.layout(1).common_params["forcing"] == 0.5 and unforced.layout(1).common_params["forcing"] == 0.0
+    # unforced files keep the digest they had before `forcing` existed
+    assert "forcing" not in unforced.config_for(1) and forced.config_for(1)["forcing"] == 0.5
+    assert spec_sha("navier_stokes_2d", forced, 1, 0) != spec_sha("navier_stokes_2d", unforced, 1, 0)
+    layout = unforced.layout(1)
+    with pytest.raises(ConfigError, match=r"pde.init_args.forcing \(=0.1\) differs from the 0.0"):
+        check_physics("ns.h5", layout, Vorticity(nu=1e-3, forcing=0.1, t_end=0.2))
+    check_physics("ns.h5", layout, Vorticity(nu=1e-3, t_end=0.2))
+
+
 @pytest.mark.parametrize(
     "kwargs, words",
     [({"n": 4}, ["`n`", "4"]), ({"nu": -1e-3}, ["`nu`", "-0.001"]), ({"length_scale": 0.0}, ["`length_scale`", "0.0"]),
-     ({"t_end": "long"}, ["`t_end`", "'long'"]), ({"device": "tpu9"}, ["`device`", "'tpu9'"])],
+     ({"t_end": "long"}, ["`t_end`", "'long'"]), ({"device": "tpu9"}, ["`device`", "'tpu9'"]),
+     ({"forcing": float("nan")}, ["`forcing`", "nan"])],
 )
 def test_generator_refuses_bad_parameters(kwargs, words):
     with pytest.raises(ConfigError) as info:

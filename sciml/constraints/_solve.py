@@ -122,11 +122,12 @@ def solve(fn: Residual, y0: Tensor, args: Sequence[Tensor], solver: AbstractSolv
     y = y0
     cost, grad, gram, hess = evaluate(y)
     state = solver.init(y)
+    # statuses are written with torch.where, not boolean-mask indexing, which on a GPU waits for
+    # the device (a nonzero): the loop's one wait per step is the count of active problems
     result = torch.full((batch,), int(Result.max_steps_reached), dtype=torch.int64, device=y.device)
     finite = _finite(cost, grad, gram)
-    result[~finite] = int(Result.nonfinite)
     active = finite & ~solver.vanished(cost)
-    result[finite & ~active] = int(Result.successful)
+    result = torch.where(finite, torch.where(active, result, int(Result.successful)), int(Result.nonfinite))
     value, final_cost = y, cost  # every problem's latest point; the working set's rows are written back
     index = torch.arange(batch, device=y.device)  # the working set's problems
     steps = 0
@@ -155,7 +156,7 @@ def solve(fn: Residual, y0: Tensor, args: Sequence[Tensor], solver: AbstractSolv
         keep = active & solver.accept(cost, torch.where(finite_new, cost_new, torch.full_like(cost_new, float("inf"))), step, state) & finite_new
         # A stateless solver (Gauss-Newton) would propose the same non-finite step again: give up on it.
         stuck = active & ~finite_new & (not state)
-        result[index[stuck]] = int(Result.nonfinite)
+        result = result.index_copy(0, index, torch.where(stuck, int(Result.nonfinite), result[index]))
         active = active & ~stuck
         decrease = torch.where(keep, cost - cost_new, torch.zeros_like(cost))
         y = torch.where(keep[:, None], trial, y)
@@ -164,7 +165,7 @@ def solve(fn: Residual, y0: Tensor, args: Sequence[Tensor], solver: AbstractSolv
         hess = None if hess is None else torch.where(keep[:, None, None], hess_new, hess)
         cost = torch.where(keep, cost_new, cost)
         done = active & finite_new & solver.converged(y, delta, state, decrease, cost)
-        result[index[done]] = int(Result.successful)
+        result = result.index_copy(0, index, torch.where(done, int(Result.successful), result[index]))
         active = active & ~done
     value, final_cost = value.index_copy(0, index, y), final_cost.index_copy(0, index, cost)
     return Solution(value=value, result=result, steps=steps, cost=final_cost, kept=kept)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import h5py
 import numpy as np
 import pytest
@@ -198,6 +200,29 @@ def test_registry_lists_every_family_it_can_import():
         assert cls.name == name and cls.description
         assert name in describe_generators()
     assert all("extra" in m or "could not be imported" in m for m in missing)
+
+
+def test_a_family_whose_extension_does_not_load_leaves_the_others_usable(monkeypatch):
+    # mpi4py installed without an MPI library raises RuntimeError at import (the GPU image has
+    # mpi4py but no DOLFINx): the FEM families are then unavailable, the rest still work
+    import builtins
+
+    from sciml.data.generators import make_generator, registry
+
+    real_import = builtins.__import__
+
+    def broken_mpi(name, *args, **kwargs):
+        if name.startswith("mpi4py"):
+            raise RuntimeError("cannot load MPI library")
+        return real_import(name, *args, **kwargs)
+
+    for module in [m for m in sys.modules if m.startswith("sciml.data.generators.fem")]:
+        monkeypatch.delitem(sys.modules, module)
+    monkeypatch.setattr(builtins, "__import__", broken_mpi)
+    found, missing = registry()
+    assert "diffusion_sorption_fv" in found and not {"heat_fem", "pme_fem", "stefan_fem", "diffusion_sorption"} & set(found)
+    assert any("RuntimeError: cannot load MPI library" in m for m in missing)
+    assert make_generator("diffusion_sorption_fv", {}).name == "diffusion_sorption_fv"
 
 
 def test_an_output_that_is_a_folder_is_refused_before_any_work(tmp_path):

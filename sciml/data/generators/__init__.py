@@ -135,8 +135,10 @@ def registry() -> tuple[dict[str, type[Generator]], list[str]]:
             if exc.name and exc.name.startswith("sciml"):
                 raise  # our own import is broken: a bug, not a missing extra
             missing.append(f"{module} needs the `{extra or exc.name}` extra ({exc.name} is not installed)")
-        except (ImportError, AttributeError) as exc:
-            missing.append(f"{module} could not be imported ({exc})")
+        except (ImportError, AttributeError, RuntimeError, OSError) as exc:
+            # RuntimeError / OSError: an extension that is installed but does not load (mpi4py
+            # without an MPI library raises "cannot load MPI library"); the other families stay usable
+            missing.append(f"{module} could not be imported ({type(exc).__name__}: {exc})")
     return found, missing
 
 

@@ -2,38 +2,81 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 import lightning as L
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
 class StepProgress(L.Callback):
-    """A rich progress bar over optimizer steps (not epochs), with the latest loss.
+    """Progress over optimizer steps (not epochs), with the latest loss.
 
     PINNs train full-batch, so one epoch is one step and Lightning's per-epoch bar says nothing.
+    On a terminal: a rich progress bar. Elsewhere (a log file, a batch job, a pipe), where a live
+    bar shows nothing until it ends, a plain line every ``every`` of the run (and at the end).
+    The loss is read from the device at most every ``refresh`` seconds: reading it is a wait
+    for the GPU.
     """
 
-    def __init__(self, description: str = "training"):
+    def __init__(self, description: str = "training", every: float = 0.05, refresh: float = 0.25):
         self.description = description
+        self.every = every
+        self.refresh = refresh
         self._progress: Progress | None = None
         self._task = None
+        self._plain = False
+        self._loss = "-"
+        self._read_at = -float("inf")
+        self._next_line = 0
+        self._start = 0.0
+        self._first = 0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        self._total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        self._start, self._first = time.perf_counter(), trainer.global_step
+        console = Console(stderr=True)
+        self._plain = not console.is_terminal
+        if self._plain:
+            self._stride = max(1, round(self.every * self._total)) if self._total else 100
+            self._next_line = trainer.global_step + self._stride
+            return
         self._progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-            transient=False,
+            console=console, transient=False,
         )
         self._progress.start()
-        self._task = self._progress.add_task(self.description, total=total, completed=trainer.global_step, loss="-")
+        self._task = self._progress.add_task(self.description, total=self._total, completed=trainer.global_step, loss="-")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = trainer.callback_metrics.get("train/loss")
-        self._progress.update(self._task, completed=trainer.global_step, loss=f"{float(loss):.3e}" if loss is not None else "-")
+        step = trainer.global_step
+        line_due = self._plain and step >= self._next_line
+        now = time.perf_counter()
+        if line_due or (not self._plain and now - self._read_at >= self.refresh):
+            loss = trainer.callback_metrics.get("train/loss")
+            self._loss, self._read_at = (f"{float(loss):.3e}" if loss is not None else "-"), now
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step, loss=self._loss)
+        elif line_due:
+            self._line(step)
+            self._next_line = step + self._stride
+
+    def _line(self, step: int) -> None:
+        elapsed = time.perf_counter() - self._start
+        done = step - self._first
+        of = f"/{self._total}" if self._total else ""
+        left = ""
+        if self._total and done > 0:
+            left = f", ~{elapsed / done * (self._total - step):.0f} s left"
+        print(f"{self.description}: step {step}{of}, loss {self._loss}, {elapsed:.0f} s{left}", file=sys.stderr, flush=True)
 
     def on_train_end(self, trainer, pl_module) -> None:
+        if self._plain and trainer.global_step != self._next_line - self._stride:
+            loss = trainer.callback_metrics.get("train/loss")
+            self._loss = f"{float(loss):.3e}" if loss is not None else self._loss
+            self._line(trainer.global_step)
         self._stop()
 
     def on_exception(self, trainer, pl_module, exception) -> None:

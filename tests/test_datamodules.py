@@ -55,6 +55,25 @@ def test_items_hold_the_sample_values(path):
     torch.testing.assert_close(item["u0"], item["u"][0])
 
 
+def test_items_hold_only_the_fields_asked_for(path):
+    only = H5Samples(path, [7], fields=("u0",))[0]
+    assert set(only) == {"u0", "params", "index"}
+    torch.testing.assert_close(only["u0"], torch.tensor(expected_u(7)[0], dtype=torch.float32))
+    with pytest.raises(ValueError, match=r"`fields` \(=\('v',\)\) must name one or both of 'u' and 'u0'"):
+        H5Samples(path, [7], fields=("v",))
+
+    # the data module serves a model's `train_fields` in training only; val and test stay whole
+    class DataFree:
+        train_fields = ("u0",)
+
+    dm = SampleDataModule(path, val_fraction=0.2, test_fraction=0.1)
+    dm.trainer = type("Trainer", (), {"lightning_module": DataFree()})()  # what trainer.fit attaches
+    dm.setup("fit")
+    assert dm.splits["train"].fields == ("u0",) and set(next(iter(dm.train_dataloader()))) == {"u0", "params", "index"}
+    assert dm.splits["val"].fields == dm.splits["test"].fields == ("u", "u0")
+    assert "u" in next(iter(dm.test_dataloader()))
+
+
 def check_batches(loader: DataLoader, indices: list[int]) -> None:
     seen = []
     for batch in loader:

@@ -56,6 +56,9 @@ def test_a_pdebench_file_loads_in_the_datamodule(tmp_path):
     data = write_pdebench(path, n=10)
     items = H5Samples(path, [3, 7])
     np.testing.assert_array_equal(items[1]["u"].numpy(), data[7, ..., 0])
+    first_frame_only = H5Samples(path, [7], fields=("u0",))[0]  # no /samples/u0: the first frame
+    assert "u" not in first_frame_only
+    np.testing.assert_array_equal(first_frame_only["u0"].numpy(), data[7, 0, :, 0])
     dm = SampleDataModule(str(path), batch_size=4, val_fraction=0.2, test_fraction=0.2)
     dm.setup()
     batch = next(iter(dm.train_dataloader()))

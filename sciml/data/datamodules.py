@@ -29,12 +29,18 @@ class H5Samples(Dataset):
     Item: {"u": float32 [n_t, *space(, channels)], "params": float32 [n_params],
     "index": int (row in the file), "u0": float32 [*space(, channels)]} (u0 is the first frame
     when the file has no /samples/u0). With ``time_slices``, u holds only the first that many
-    frames (a training window that stops early).
+    frames (a training window that stops early). ``fields``: which of "u" and "u0" to read (a
+    data-free model trains on u0 alone, and reading u is most of an item's cost: a 101 x 1024
+    trajectory to decompress and check against u0's 1024 values).
     """
 
-    def __init__(self, path: str | os.PathLike, indices: Sequence[int] | None = None, time_slices: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, indices: Sequence[int] | None = None, time_slices: int | None = None,
+                 fields: Sequence[str] = ("u", "u0")) -> None:
         self.path = Path(path)
         self.time_slices = time_slices
+        self.fields = tuple(fields)
+        if not self.fields or not set(self.fields) <= {"u", "u0"}:
+            raise ValueError(f"`fields` (={fields!r}) must name one or both of 'u' and 'u0'.")
         meta = read_dataset(self.path, load=False)  # validates; the handle is closed again
         n = meta.n_samples
         self.indices = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64)
@@ -63,14 +69,16 @@ class H5Samples(Dataset):
     def __getitem__(self, k: int) -> dict[str, Any]:
         i = int(self.indices[k])
         arrays = self._arrays()
-        item: dict[str, Any] = {
-            "u": torch.from_numpy(np.asarray(arrays["u"][i][: self.time_slices], dtype=np.float32)),
-            "params": torch.from_numpy(np.asarray(arrays["params"][i], dtype=np.float32)),
-            "index": i,
-        }
-        # Files without /samples/u0 (e.g. PDEBench's) start from their first frame.
-        item["u0"] = torch.from_numpy(np.asarray(arrays["u0"][i], dtype=np.float32)) if self.has_u0 else item["u"][0].clone()
+        item: dict[str, Any] = {"params": torch.from_numpy(np.asarray(arrays["params"][i], dtype=np.float32)), "index": i}
+        if "u" in self.fields:
+            item["u"] = torch.from_numpy(np.asarray(arrays["u"][i][: self.time_slices], dtype=np.float32))
+        if "u0" in self.fields:
+            # Files without /samples/u0 (e.g. PDEBench's) start from their first frame.
+            u0 = arrays["u0"][i] if self.has_u0 else item["u"][0] if "u" in item else arrays["u"][i][0]
+            item["u0"] = torch.from_numpy(np.array(u0, dtype=np.float32))
         for key in ("u", "u0", "params"):  # a NaN would train silently (or fail later, blamed on the training)
+            if key not in item:
+                continue
             if not bool(torch.isfinite(item[key]).all()):
                 raise DataError(f"{self.path}: sample {i} has NaN/Inf in {key!r} (`sciml data info {self.path}` checks the "
                                 "whole file); regenerate the file, or drop the sample.")
@@ -179,8 +187,14 @@ class SampleDataModule(L.LightningDataModule):
         n_train_t = self._train_time_slices(self.grid["t"])
         self.train_grid = {**self.grid, "t": self.grid["t"][:n_train_t]}
         n = meta.n_samples
+        # A model that trains on part of an item says which (``train_fields``, e.g. a data-free
+        # physics-informed model: ("u0",)); validation and test items always hold everything.
+        module = getattr(getattr(self, "trainer", None), "lightning_module", None)
+        train_fields = getattr(module, "train_fields", ("u", "u0"))
         for name, idx in split_indices(n, hp.val_fraction, hp.test_fraction, hp.seed).items():
-            self.splits[name] = H5Samples(self.path, idx, time_slices=n_train_t if name == "train" else None)
+            train = name == "train"
+            self.splits[name] = H5Samples(self.path, idx, time_slices=n_train_t if train else None,
+                                          fields=train_fields if train else ("u", "u0"))
 
     def _train_time_slices(self, t: np.ndarray) -> int:
         """How many leading time slices the training samples keep (all without ``train_t_max``)."""

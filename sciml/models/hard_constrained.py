@@ -131,6 +131,7 @@ class PhysicsFNO(Checkpointed, L.LightningModule):
     """
 
     model_name = "pi_hc"
+    train_fields = ("u0",)  # data-free: a training batch needs the initial conditions only (SampleDataModule)
 
     def __init__(self, pde: PDE, constraint: str = "hard", splits: Sequence[int] = (1, 1), basis: int = 16,
                  width: int = 64, layers: int = 5, modes: Sequence[int] = (8, 8),

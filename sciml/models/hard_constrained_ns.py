@@ -59,6 +59,7 @@ class PhysicsFNO3d(Checkpointed, L.LightningModule):
     """
 
     model_name = "pi_hc"
+    train_fields = ("u0",)  # data-free: a training batch needs the initial conditions only (SampleDataModule)
 
     def __init__(self, pde: PDE, constraint: str = "hard", splits: Sequence[int] = (1, 1, 1), basis: int = 64,
                  width: int = 64, layers: int = 8, modes: Sequence[int] = (8, 8, 8),

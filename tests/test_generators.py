@@ -181,12 +181,36 @@ def test_bad_arguments_are_refused_before_writing(tmp_path, kwargs, words):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_local_processes_give_the_same_file_as_one_process(tmp_path, monkeypatch):
+    """Samples fanned out over spawned processes (finishing in any order), resuming a file that an
+    interrupted run left, give the file one process makes, bit for bit."""
+    from sciml.data.schema import DatasetWriter
+
+    spec = dict(n=5, seed=11, params={"nu": 0.05, **GRID}, **SMALL)
+    one = arrays(generate("burgers", tmp_path / "one.h5", **spec))
+    real_write, written = DatasetWriter.write, []
+
+    def write_two_then_stop(self, i, *args, **kwargs):  # as Ctrl-C after two samples
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        written.append(i)
+        return real_write(self, i, *args, **kwargs)
+
+    monkeypatch.setattr(DatasetWriter, "write", write_two_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        generate("burgers", tmp_path / "two.h5", **spec)
+    monkeypatch.setattr(DatasetWriter, "write", real_write)
+    assert (tmp_path / "two.h5.partial").exists() and not (tmp_path / "two.h5").exists()
+    # (one pool: each spawned process imports torch and lightning, seconds on a small machine)
+    assert_same(one, arrays(generate("burgers", tmp_path / "two.h5", workers=2, **spec)))
+
+
 def test_ray_workers_give_the_same_file_as_one_process(tmp_path):
-    """Samples fanned out over 2 Ray workers (finishing in any order) are bit-identical."""
+    """Samples fanned out over Ray tasks (a local instance, as on a cluster's address) are bit-identical."""
     pytest.importorskip("ray")
     spec = dict(n=4, seed=11, params={"nu": 0.05, **GRID}, **SMALL)
     one = arrays(generate("burgers", tmp_path / "one.h5", **spec))
-    two = arrays(generate("burgers", tmp_path / "two.h5", workers=2, **spec))
+    two = arrays(generate("burgers", tmp_path / "two.h5", workers=2, ray_address="local", **spec))
     assert_same(one, two)
     assert not list(tmp_path.glob("*.partial"))
 

@@ -206,9 +206,10 @@ def generate(
 ) -> Path:
     """Generate ``n`` samples of generator ``name`` into ``out`` (resumable; atomic rename at the end).
 
-    ``workers > 1`` or a ``ray_address`` fans the samples out over Ray workers (local ones, or the
-    cluster at the address); the file is the same bit for bit either way. An unfinished
-    ``out.partial`` is resumed only by a run with the same generator, parameters, ``n`` and seed.
+    ``workers > 1`` fans the samples out over that many local processes (spawned, one torch
+    thread each), a ``ray_address`` over the Ray cluster there (``workers`` tasks at a time); the
+    file is the same bit for bit either way. An unfinished ``out.partial`` is resumed only by a
+    run with the same generator, parameters, ``n`` and seed.
     """
     n = check_int("generate", "n", n, 1)
     seed = check_int("generate", "seed", seed, 0)
@@ -220,9 +221,14 @@ def generate(
     layout.config_sha = spec_sha(name, gen, n, seed)
     with DatasetWriter(out, layout) as writer, Progress(disable=not progress) as bar:
         todo = writer.pending()
-        where = f" on {workers} workers" if workers > 1 or ray_address else ""
+        where = f" on Ray at {ray_address}" if ray_address else f" on {workers} processes" if workers > 1 else ""
         task = bar.add_task(f"{name} -> {out}{where}", total=n, completed=n - len(todo))
-        samples = _ray_samples(gen, seed, todo, workers, ray_address) if workers > 1 or ray_address else ((i, gen.sample(i, seed)) for i in todo)
+        if ray_address:
+            samples = _ray_samples(gen, seed, todo, workers, ray_address)
+        elif workers > 1 and len(todo) > 1:
+            samples = _pool_samples(gen, seed, todo, workers)
+        else:
+            samples = ((i, gen.sample(i, seed)) for i in todo)
         for i, s in samples:
             writer.write(i, s.u, s.params, u0=s.u0)
             bar.advance(task)
@@ -235,6 +241,42 @@ def spec_sha(name: str, gen: Generator, n: int, seed: int) -> str:
     # same digest before its layout(n) as after, so a data module can check a file it made
     spec = {"generator": name, "params": gen.config_for(n), "n": int(n), "seed": int(seed)}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+
+
+_POOL_GENERATOR: list[Generator] = []  # in a pool's worker process: its generator
+
+
+def _pool_init(gen: Generator) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # the pool is the parallelism; W processes x all cores would thrash
+    _POOL_GENERATOR[:] = [gen]
+
+
+def _pool_sample(i: int, seed: int) -> Sample:
+    return _POOL_GENERATOR[0].sample(i, seed)
+
+
+def _pool_samples(gen: Generator, seed: int, todo: list[int], workers: int) -> Iterator[tuple[int, Sample]]:
+    """(i, sample) as ``workers`` local processes finish them, at most ``2 * workers`` in flight.
+    Spawned, not forked: a generator may hold CUDA or MPI state that does not survive a fork."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_pool_init, initargs=(gen,))
+    queue, in_flight = iter(todo), {}
+    try:
+        while True:
+            while len(in_flight) < 2 * workers and (i := next(queue, None)) is not None:
+                in_flight[pool.submit(_pool_sample, i, seed)] = i
+            if not in_flight:
+                return
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield in_flight.pop(future), future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 _WORKER_GENERATORS: dict[str, Generator] = {}  # per Ray worker process: generators already built

@@ -76,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="benchmarks/results", help="folder for NAME.json and NAME.md (default benchmarks/results)")
     b.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0: all cores)")
     b.add_argument("--device", default="cpu", help="cpu (default) or cuda[:K]: where ours and the peer run (solver only)")
+    b.add_argument("--sections", help="comma-separated parts to run (solver: versus_optimistix, moe_scaling, layer_fields, moe_training, newton_steps; default all)")
     r = sub.add_parser("pretrained", help="pretrained solvers (reserved; not available in this version)", parents=[common])
     r.add_argument("args", nargs="*")
     return p
@@ -184,7 +185,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.threads < 0:
             raise ConfigError(f"--threads (={args.threads}) must be >= 0 (0: all cores).")
         set_threads(args.threads)
-        run_benchmark(args.name, quick=args.quick, out_dir=args.out, device=args.device)
+        sections = None if args.sections is None else [part.strip() for part in args.sections.split(",") if part.strip()]
+        run_benchmark(args.name, quick=args.quick, out_dir=args.out, device=args.device, sections=sections)
     else:
         raise SciMLError(f"`sciml {args.command}` is reserved but not available in sciml {__version__} yet.")
     return 0

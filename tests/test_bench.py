@@ -200,3 +200,37 @@ def test_moe_training_step_table_times_both_models_at_each_size():
     text = markdown({"quick": True, "date": "d", "machine": "m", "versions": {"peer": "none"}, "versus_optimistix": [],
                      "moe_scaling": [], "moe_training": rows})
     assert f"| 1000 | 26x256 | {rows[1]['k1_seconds']:.3g} | {rows[1]['k4_seconds']:.3g} | {rows[1]['moe_speedup']:.2f} |" in text
+
+
+def test_solver_sections_run_alone_and_each_is_saved_as_it_finishes(tmp_path, monkeypatch):
+    """`--sections` runs only those parts, and solver.json is rewritten after each one, so a run
+    stopped part-way (a device's time limit) keeps what it measured."""
+    import json
+
+    from sciml.bench import solver
+
+    seen = []
+
+    def fake(name):
+        def measure(quick, device, done=None):
+            if name == "moe_scaling":  # asked for first, so nothing is on disk yet
+                assert not (tmp_path / "solver.json").exists()
+            else:  # by now the first section is on disk
+                seen.append(json.loads((tmp_path / "solver.json").read_text()))
+            return [{"points": 100, "k1_seconds": 2.0, "k1_peak_rss_mb": 1, "k4_seconds": 1.0, "k4_peak_rss_mb": 1, "moe_speedup": 2.0}] \
+                if name == "moe_scaling" else [{"experts": 1, "points_per_expert": 10, "grid": "g", "ours_fwd_ms": 1.0}]
+        return measure
+
+    monkeypatch.setattr(solver, "versus_optimistix", fake("versus_optimistix"))
+    monkeypatch.setattr(solver, "moe_scaling", fake("moe_scaling"))
+    monkeypatch.setattr(solver, "layer_fields", lambda *a: pytest.fail("not asked for"))
+    report = run_benchmark("solver", out_dir=tmp_path, sections=["moe_scaling", "versus_optimistix"])
+    assert set(report) & set(solver.SECTIONS) == {"versus_optimistix", "moe_scaling"}
+    assert "moe_scaling" in seen[0] and "versus_optimistix" not in seen[0]
+    assert "| 100 | 2 | 1 | 1 | 1 | 2.00 |" in (tmp_path / "solver.md").read_text()
+    only_moe = solver.markdown({k: v for k, v in report.items() if k != "versus_optimistix"})
+    assert "optimistix fwd" not in only_moe and "MoE speed-up" in only_moe
+    with pytest.raises(ConfigError, match=r"--sections \(='moe'\) must name some of versus_optimistix, moe_scaling"):
+        run_benchmark("solver", out_dir=tmp_path, sections=["moe"])
+    with pytest.raises(ConfigError, match="`sciml bench fields` has no sections"):
+        run_benchmark("fields", out_dir=tmp_path, sections=["x"])

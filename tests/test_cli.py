@@ -221,6 +221,41 @@ def test_a_value_only_the_data_shows_bad_leaves_a_finished_run_folder_alone(caps
     assert not (out / ".previous").exists() and not (out / "logs").exists()
 
 
+def test_a_failed_rerun_of_a_finished_run_gives_it_back_whole(capsys, tmp_path):
+    """A rerun that diverges at its first step (before any checkpoint of its own), or whose
+    trainer cannot be built here, leaves the finished run as it was: checkpoints, metrics, plots."""
+    out = tmp_path / "run"
+    assert sciml(capsys, "run", QUICKSTART, *TINY, "--out", out)[0] == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert Path("solution.png") in before and Path("checkpoints/last.ckpt") in before
+    code, _, err = sciml(capsys, "run", QUICKSTART, *TINY, "model.optimizer.adam_steps=5", "model.optimizer.adam_lr=1e30",
+                         "--out", out)
+    assert code == 3 and "loss became" in err
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    code, _, err = sciml(capsys, "run", QUICKSTART, *TINY, "trainer.accelerator=tpu", "--out", out)
+    assert_clean_error(code, err, "trainer cannot be built here", "trainer.accelerator='tpu'")
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_a_run_set_aside_by_a_killed_rerun_is_put_back(tmp_path):
+    """A rerun killed (SIGKILL) after setting the finished run aside and before a checkpoint of
+    its own: the next command puts the finished run back before deciding anything."""
+    from sciml.pipeline import _recover
+
+    out = tmp_path / "run"
+    (out / ".previous" / "checkpoints").mkdir(parents=True)
+    (out / ".previous" / "checkpoints" / "last.ckpt").write_text("weights")
+    (out / ".previous" / "metrics.json").write_text("{}")
+    (out / "config.yaml").write_text("the killed rerun's")
+    (out / "logs").mkdir()
+    _recover(out)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["checkpoints", "checkpoints/last.ckpt", "metrics.json"]
+    (out / "config.yaml").write_text("a rerun that got as far as a checkpoint of its own keeps it")
+    (out / ".previous").mkdir()
+    _recover(out)
+    assert (out / ".previous").exists() and (out / "config.yaml").exists()
+
+
 # -- dataset files -----------------------------------------------------------------------------
 def test_data_info_summarises_a_good_file(capsys, dataset):
     code, out, err = sciml(capsys, "data", "info", dataset)

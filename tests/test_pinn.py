@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import json
 
 import lightning as L
@@ -154,7 +156,7 @@ def test_pipeline_writes_the_run_folder_and_predicts(tmp_path, data_dir):
     assert isinstance(load_model(out / "checkpoints" / "last.ckpt"), PINN)
 
 
-def test_interrupted_run_resumes_to_the_same_result(tmp_path, data_dir, monkeypatch):
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, data_dir, monkeypatch, capsys):
     """A run killed after its step-100 checkpoint leaves no metrics.json; rerunning resumes from
     the checkpoint (not from scratch) and ends where an uninterrupted run ends."""
     import sciml.pipeline as pipeline
@@ -184,8 +186,21 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, data_dir, monkeypa
     before = ckpt["callbacks"]["TrainTime"]["seconds"]  # the first session's training time travels in the checkpoint
     assert before > 0
 
+    # evaluating the interrupted run (its metrics so far) leaves it resumable, with its training time
+    interim = pipeline.evaluate_run(out)
+    assert interim["seconds"]["train"] == pytest.approx(before)
+
     monkeypatch.setattr(pipeline, "_trainer", make_trainer)
+    capsys.readouterr()
     resumed = pipeline.run_experiment(cfg, out=out)
+    assert "resuming the interrupted run" in capsys.readouterr().out
     assert resumed["steps"] == 160
     assert resumed["seconds"]["train"] > before  # both sessions, not the 60 steps after the resumption alone
     assert resumed["metrics"]["rel_l2"] == pytest.approx(full["metrics"]["rel_l2"], rel=1e-4)
+    # the CSV log holds both sessions' rows (Lightning's logger deletes its file when a resumed session starts)
+    def steps(run):
+        with open(tmp_path / run / "logs" / "metrics.csv") as f:
+            return [int(row["step"]) for row in csv.DictReader(f)]
+
+    assert steps("killed") == steps("full") and min(steps("full")) < 100 < max(steps("full"))
+    assert not (out / ".log-before-resume.csv").exists() and (out / "checkpoints" / "complete").exists()

@@ -33,8 +33,10 @@ def publish(name: str, report: dict[str, Any], text: str, out_dir: str | Path) -
     return report
 
 
-def run_benchmark(name: str, quick: bool = False, out_dir: str | Path = "benchmarks/results", device: str = "cpu") -> dict[str, Any]:
-    """Run benchmark ``name``; ``device`` "cuda" (or "cuda:K") where the benchmark supports it."""
+def run_benchmark(name: str, quick: bool = False, out_dir: str | Path = "benchmarks/results", device: str = "cpu",
+                  sections: list[str] | None = None) -> dict[str, Any]:
+    """Run benchmark ``name``; ``device`` "cuda" (or "cuda:K") where the benchmark supports it;
+    ``sections``: only those parts, where the benchmark has parts (solver)."""
     if name not in BENCHMARKS:
         raise ConfigError(f"unknown benchmark {name!r}.{did_you_mean(name, BENCHMARKS)} Available: {', '.join(BENCHMARKS)}.")
     import torch
@@ -55,6 +57,10 @@ def run_benchmark(name: str, quick: bool = False, out_dir: str | Path = "benchma
             raise ConfigError(f"--device {device}: torch sees {torch.cuda.device_count()} CUDA device(s) here; run on the CPU (drop --device) "
                               "or on a machine with the GPU.")
         kwargs["device"] = device
+    if sections is not None:
+        if "sections" not in inspect.signature(module.run).parameters:
+            raise ConfigError(f"`sciml bench {name}` has no sections; drop --sections.")
+        kwargs["sections"] = sections
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     return module.run(quick=quick, out_dir=out, **kwargs)

@@ -8,6 +8,8 @@ plots. Every file is written atomically. An interrupted run with an unchanged co
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import platform
 import shutil
@@ -62,6 +64,8 @@ def run_experiment(
     objs = instantiate(parser, cfg)
     model, dm = objs.model, objs.data
     text = dump_config(parser, cfg)
+    trainer = _trainer(cfg.trainer.as_dict(), out, model)  # also before the folder is touched: its settings can be bad
+    _recover(out)
     resume = _resume_checkpoint(out, text)
     previous = None
     if resume is None:
@@ -69,27 +73,30 @@ def run_experiment(
     else:
         print(f"resuming the interrupted run in {out} from {resume}")
     atomic_write_text(out / "config.yaml", text)
+    kept_log = _log_aside(out) if resume else None
 
-    trainer = _trainer(cfg.trainer.as_dict(), out, model)
     t0 = time.perf_counter()
     try:
         trainer.fit(model, datamodule=dm, ckpt_path=resume)
     except BaseException as exc:
-        if previous is not None and trainer.global_step == 0:
-            _restore(previous, out)  # failed before its first step (a value only the data shows bad): nothing lost
-            previous = None
+        if previous is not None and not (out / "checkpoints" / "last.ckpt").is_file():
+            # failed before the new run had anything to resume from (a value only the data or
+            # the first steps show bad, a divergence, Ctrl-C): the previous run comes back whole
+            _restore(previous, out)
         if isinstance(exc, SystemExit) and trainer.interrupted:  # Lightning turns Ctrl-C into sys.exit(1)
             raise KeyboardInterrupt from None
         raise
     finally:
-        if previous is not None:
-            shutil.rmtree(previous, ignore_errors=True)
+        if kept_log is not None:
+            _log_back(kept_log, out / "logs" / "metrics.csv")
     # this session's fit, plus what the run trained before an interruption (kept in its checkpoint)
     train_s = time.perf_counter() - t0 + next(c for c in trainer.callbacks if isinstance(c, TrainTime)).before
     # ModelCheckpoint refreshes last.ckpt only every CHECKPOINT_EVERY steps: a run that ends in
     # between (L-BFGS stalled, or a budget that is not a multiple) must still leave its final
     # weights there, the ones metrics.json describes.
     trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
+    (out / "checkpoints" / COMPLETE).touch()
+    shutil.rmtree(out / ".previous", ignore_errors=True)  # the new run has finished training: what it replaced can go
     summary = {"experiment": cfg.name, "steps": trainer.global_step, "seconds": {"train": train_s}}
     if not evaluate:
         return summary
@@ -98,29 +105,72 @@ def run_experiment(
     return evaluate_model(model, dm, out, cfg.name, train_seconds=train_s)
 
 
-_RUN_FILES = ("checkpoints", "logs", "metrics.json", "config.yaml")  # what a new run replaces
+COMPLETE = "complete"  # checkpoints/complete: the run's training ended (not interrupted)
 
 
 def _set_aside(out: Path) -> Path:
-    """Move a previous run's files out of the way (into ``out/.previous``), so that a new run
-    that fails before its first step can put them back."""
+    """Move a previous run's files (everything in the folder) out of the way, into
+    ``out/.previous``, so that a new run that fails before its first checkpoint can put them back."""
     aside = out / ".previous"
     shutil.rmtree(aside, ignore_errors=True)
     aside.mkdir(parents=True)
-    for name in _RUN_FILES:
-        if (out / name).exists():
-            (out / name).rename(aside / name)
+    for entry in out.iterdir():
+        if entry != aside:
+            entry.rename(aside / entry.name)
     return aside
 
 
 def _restore(aside: Path, out: Path) -> None:
     """Undo :func:`_set_aside`: what the failed run wrote goes, the previous run's files return."""
-    for name in _RUN_FILES:
-        target = out / name
-        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-        if (aside / name).exists():
-            (aside / name).rename(target)
-    shutil.rmtree(aside, ignore_errors=True)
+    for entry in out.iterdir():
+        if entry != aside:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    for entry in aside.iterdir():
+        entry.rename(out / entry.name)
+    aside.rmdir()
+
+
+def _recover(out: Path) -> None:
+    """A rerun killed before it could put the previous run back (SIGKILL, power) left it in
+    ``.previous`` and nothing resumable of its own: put it back before anything else."""
+    if (out / ".previous").is_dir() and not (out / "checkpoints" / "last.ckpt").is_file():
+        print(f"restoring the run in {out} that an interrupted rerun had set aside")
+        _restore(out / ".previous", out)
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write_csv(path: Path, rows: list[dict[str, str]]) -> None:
+    fields = list(dict.fromkeys(k for row in rows for k in row))  # columns united: a session can log new keys
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def _log_aside(out: Path) -> Path | None:
+    """Lightning's CSV logger deletes its file when a resumed session starts logging: keep the
+    rows so far (with any an earlier killed session kept) in ``.log-before-resume.csv``."""
+    kept, log = out / ".log-before-resume.csv", out / "logs" / "metrics.csv"
+    rows = _read_csv(kept) + _read_csv(log)
+    if not rows:
+        return None
+    _write_csv(kept, rows)
+    log.unlink(missing_ok=True)
+    return kept
+
+
+def _log_back(kept: Path, log: Path) -> None:
+    """The rows before the resume, then the resumed session's, in ``logs/metrics.csv``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    _write_csv(log, _read_csv(kept) + _read_csv(log))
+    kept.unlink()
 
 
 def set_threads(threads: int) -> None:
@@ -131,9 +181,13 @@ def set_threads(threads: int) -> None:
 
 
 def _resume_checkpoint(out: Path, config_text: str) -> str | None:
+    """The checkpoint an interrupted run of this config resumes from: its training did not end
+    (no ``checkpoints/complete``; `sciml evaluate` of an interrupted run leaves it resumable). A
+    finished run from before that marker existed resumes too: Lightning finds its training done
+    and the run is evaluated again."""
     last = out / "checkpoints" / "last.ckpt"
     saved = out / "config.yaml"
-    if last.is_file() and saved.is_file() and not (out / "metrics.json").exists() and saved.read_text() == config_text:
+    if last.is_file() and saved.is_file() and not (out / "checkpoints" / COMPLETE).exists() and saved.read_text() == config_text:
         return str(last)
     return None
 
@@ -142,15 +196,20 @@ def _trainer(kwargs: dict[str, Any], out: Path, model: L.LightningModule) -> L.T
     if kwargs.get("max_steps", -1) in (-1, None) and kwargs.get("max_epochs") is None and hasattr(model, "total_steps"):
         kwargs["max_steps"] = model.total_steps
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="{step}", save_last=True, save_top_k=1, every_n_train_steps=CHECKPOINT_EVERY)
-    return L.Trainer(
-        **kwargs,
-        default_root_dir=out,
-        callbacks=[checkpoint, StepProgress(), TrainTime()],
-        logger=CSVLogger(out, name="logs", version=""),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=True,
-    )
+    try:
+        return L.Trainer(
+            **kwargs,
+            default_root_dir=out,
+            callbacks=[checkpoint, StepProgress(), TrainTime()],
+            logger=CSVLogger(out, name="logs", version=""),
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=True,
+        )
+    except Exception as exc:  # Lightning's MisconfigurationException, a missing accelerator's package, ...
+        settings = ", ".join(f"trainer.{k}={v!r}" for k, v in kwargs.items() if k in ("accelerator", "devices", "strategy", "precision"))
+        raise ConfigError(f"the trainer cannot be built here ({type(exc).__name__}: {exc}){'; check ' + settings if settings else ''}, "
+                          "e.g. trainer.accelerator=cpu on a machine without a GPU.") from exc
 
 
 def evaluate_model(model: L.LightningModule, dm: L.LightningDataModule, out: str | Path, name: str, train_seconds: float | None = None) -> dict[str, Any]:
@@ -281,15 +340,21 @@ def evaluate_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> d
     parser, cfg = load_config(config)
     set_threads(cfg.threads)
     objs = instantiate(parser, cfg)
-    model = load_model(checkpoint or run_dir / "checkpoints" / "last.ckpt")
-    return evaluate_model(model, objs.data, run_dir, cfg.name, train_seconds=_train_seconds(run_dir))
+    checkpoint = Path(checkpoint or run_dir / "checkpoints" / "last.ckpt")
+    model = load_model(checkpoint)
+    return evaluate_model(model, objs.data, run_dir, cfg.name, train_seconds=_train_seconds(run_dir, checkpoint))
 
 
-def _train_seconds(run_dir: Path) -> float | None:
-    """The training time a run's metrics.json recorded (kept when the run is re-evaluated)."""
+def _train_seconds(run_dir: Path, checkpoint: Path) -> float | None:
+    """The training time a run's metrics.json recorded (kept when the run is re-evaluated), else
+    the one its checkpoint carries (an interrupted run: every session until that checkpoint)."""
     try:
         return json.loads((run_dir / "metrics.json").read_text())["seconds"]["train"]
     except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        return float(torch.load(checkpoint, map_location="cpu", weights_only=True)["callbacks"]["TrainTime"]["seconds"])
+    except Exception:  # no such state (a checkpoint from elsewhere) or unreadable: unknown, not an error
         return None
 
 

@@ -189,6 +189,16 @@ def test_sweep_study_writes_its_table_plot_and_metrics(tmp_path, data_dir, monke
         assert (out / name).is_file(), name
     table = json.loads((out / "errors.json").read_text())
     assert table["speeds"] == [5.0] and table["budget"]["lpinn"]["optimizer"]["adam_steps"] == 2
+    runs = [json.loads((out / name / "c5" / "metrics.json").read_text())["seconds"] for name in ("pinn", "pinn_scaled", "lpinn")]
+    assert saved["seconds"] == pytest.approx({k: sum(r[k] for r in runs) for k in ("train", "eval")})
+
+    # a rerun the study refuses for a bad argument leaves the finished study's files as they were
+    before = {name: (out / name).read_bytes() for name in ("metrics.json", "config.yaml")}
+    from sciml.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="speeds"):
+        run_experiment(REPO / "experiments/lpinn/sweep.yaml", quick=True, out=out, overrides=["speeds=[abc]"])
+    assert {name: (out / name).read_bytes() for name in before} == before
 
 
 @pytest.mark.parametrize("override, message", [

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from .._io import atomic_write_json, atomic_write_text
+from .._io import atomic_write, atomic_write_json, atomic_write_text
 from ..errors import ConfigError, did_you_mean
 
 ModelSpec = str | Mapping[str, Any]
@@ -85,9 +85,18 @@ def run_study(path: Path, raw: dict, out: Path | None, quick: bool, overrides: S
     L.seed_everything(seed, workers=True, verbose=False)
     resolved = {k: v for k, v in raw.items() if k != "quick"} | {"args": args}
     out.mkdir(parents=True, exist_ok=True)
+    before = {f: (out / f).read_bytes() for f in ("metrics.json", "config.yaml") if (out / f).is_file()}
     (out / "metrics.json").unlink(missing_ok=True)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-    report = _with_provenance({"experiment": name, **fn(out=out, quick=quick, **args)}, out)
+    try:
+        result = fn(out=out, quick=quick, **args)
+    except ConfigError:  # an argument the study itself refused: the previous study's files stay as they were
+        for f, content in before.items():
+            atomic_write(out / f, lambda fh, content=content: fh.write(content))
+        if "config.yaml" not in before:
+            (out / "config.yaml").unlink(missing_ok=True)
+        raise
+    report = _with_provenance({"experiment": name, **result}, out)
     atomic_write_json(out / "metrics.json", report)
     return report
 

@@ -14,6 +14,7 @@ an experiment file, or as ``{config: PATH, overrides: [key=value, ...]}`` for a 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,14 +55,14 @@ def sweep(
             report = _run_at_speed(config, run, quick, name, c, [*extra, *overrides])
             budgets.setdefault(name, _budget(run))
             rows.append({"model": name, "c": c, "rel_l2": report["metrics"]["rel_l2"], "train_s": report["seconds"]["train"],
-                         "steps": report["steps"], "run": str(run.relative_to(out))})
+                         "eval_s": report["seconds"]["eval"], "steps": report["steps"], "run": str(run.relative_to(out))})
     table = {name: {r["c"]: r for r in rows if r["model"] == name} for name in specs}
     atomic_write_json(out / "errors.json", {"speeds": speeds, "budget": budgets, "runs": rows, "paper": _plain(paper)})
     atomic_write_text(out / "errors.md", _sweep_markdown(speeds, table, budgets, paper or {}))
     _plot_sweep(speeds, table, paper or {}, out / "error_vs_c.png")
     metrics = {f"{r['model']}/rel_l2_c{r['c']:g}": r["rel_l2"] for r in rows}
     metrics |= {f"{name}/rel_l2_max": max(r["rel_l2"] for r in by_c.values()) for name, by_c in table.items()}
-    return {"model": "+".join(specs), "metrics": metrics, "per_case": rows, "seconds": {"train": sum(r["train_s"] for r in rows)}}
+    return {"model": "+".join(specs), "metrics": metrics, "per_case": rows, "seconds": _seconds(rows)}
 
 
 def compare(out: Path, quick: bool, models: Mapping[str, ModelSpec], overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -82,12 +83,13 @@ def compare(out: Path, quick: bool, models: Mapping[str, ModelSpec], overrides: 
         x, t, true = dm.x, dm.t, dm.u
         preds[name] = model.predict_grid(x, t)
         metrics |= {f"{name}/{k}": v for k, v in report["metrics"].items()}
-        rows.append({"model": name, **{k: report["metrics"][k] for k in ("rel_l2", "nrmse", "max_abs_err")}, "train_s": report["seconds"]["train"], "steps": report["steps"]})
+        rows.append({"model": name, **{k: report["metrics"][k] for k in ("rel_l2", "nrmse", "max_abs_err")}, "train_s": report["seconds"]["train"],
+                     "eval_s": report["seconds"]["eval"], "steps": report["steps"]})
     lines = ["| model | rel. L2 | nRMSE | max abs. error | train (s) | steps |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['rel_l2']:.2e} | {r['nrmse']:.2e} | {r['max_abs_err']:.2e} | {r['train_s']:.0f} | {r['steps']} |" for r in rows]
     atomic_write_text(out / "comparison.md", "\n".join(lines) + "\n")
     _plot_compare(x, t, true, preds, out / "compare.png")
-    return {"model": "+".join(specs), "metrics": metrics, "per_case": rows, "seconds": {"train": sum(r["train_s"] for r in rows)}}
+    return {"model": "+".join(specs), "metrics": metrics, "per_case": rows, "seconds": _seconds(rows)}
 
 
 def landscape(
@@ -110,6 +112,7 @@ def landscape(
         for c in speeds:
             run = out / name / f"c{c:g}"
             report = _run_at_speed(config, run, quick, name, c, [*extra, *overrides])
+            t0 = time.perf_counter()
             model, dm = _reload(run)
             dtype = next(model.parameters()).dtype
             batch = {k: v.to(dtype) for k, v in dm.batch().items()}
@@ -119,13 +122,20 @@ def landscape(
             # How far the loss climbs on the plane, in decades: a crude sharpness.
             rise = float(np.log10(np.median(surface.loss) / surface.center))
             metrics |= {f"{name}/rel_l2_c{c:g}": report["metrics"]["rel_l2"], f"{name}/loss_c{c:g}": surface.center, f"{name}/log10_rise_c{c:g}": rise}
-            rows.append({"model": name, "c": c, "rel_l2": report["metrics"]["rel_l2"], "loss": surface.center, "log10_rise": rise})
+            rows.append({"model": name, "c": c, "rel_l2": report["metrics"]["rel_l2"], "loss": surface.center, "log10_rise": rise,
+                         "train_s": report["seconds"]["train"], "eval_s": report["seconds"]["eval"] + time.perf_counter() - t0})
     atomic_write_json(out / "landscape.json", {"span": span, "steps": steps, "seed": seed, "surfaces": saved})
     plot_loss_surfaces(surfaces, out / "landscape.png", ncols=len(speeds))
-    return {"model": "+".join(specs), "metrics": metrics, "per_case": rows}
+    return {"model": "+".join(specs), "metrics": metrics, "per_case": rows, "seconds": _seconds(rows)}
 
 
 # -- helpers ---------------------------------------------------------------------------------
+def _seconds(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """metrics.json's seconds of a study: its runs' training and evaluation (the landscape's
+    surfaces count as evaluation), summed."""
+    return {"train": sum(r["train_s"] or 0.0 for r in rows), "eval": sum(r["eval_s"] or 0.0 for r in rows)}
+
+
 def _speeds(speeds: Sequence[float]) -> list[float]:
     if isinstance(speeds, (str, bytes)) or not isinstance(speeds, Sequence) or not speeds:
         raise ConfigError(f"`speeds` (={speeds!r}) must be a non-empty list of convection speeds, e.g. speeds=[5,30].")

@@ -243,6 +243,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # an unexpected failure: short message, traceback with --debug
         if args.debug:
             raise
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename:
+            # a path given that cannot be read or written: the user's to fix, not a bug
+            print(f"error: cannot use {exc.filename}: {exc.strerror}. Check the paths given (--out, --data, the config's files): a "
+                  "folder where a file is expected or the other way round, a missing parent folder, or no permission.", file=sys.stderr)
+            return ConfigError.exit_code
         print(f"error: unexpected {type(exc).__name__}: {_paragraph(str(exc)).rstrip('.')}. Rerun with --debug for the traceback "
               "and report it if it looks like a bug.", file=sys.stderr)
         return 1

@@ -368,9 +368,12 @@ def predict_to_file(checkpoint: str | Path, data: str | Path, out: str | Path) -
         python = f" or, in Python, call its {call} (sciml.models.load_model)" if call else ""
         raise ConfigError(f"`sciml predict` predicts grid models (PINNs) on a dataset's grid; {checkpoint} holds a "
                           f"{type(model).__name__}: evaluate it with `sciml evaluate RUN_DIR`{python}.")
+    if Path(out).resolve() == Path(data).resolve():
+        raise ConfigError(f"--out (={out}) is the dataset predicted on; give the prediction a file of its own.")
     ds = read_dataset(data)
-    if ds.is_mesh or "x" not in ds.grid:
-        raise DataError(f"{data} has no 1D tensor grid (/grid/x, /grid/t); {type(model).__name__} predicts on (t, x) grids.")
+    if ds.is_mesh or "x" not in ds.grid or set(ds.grid) - {"x", "t"}:
+        raise DataError(f"{data} has no 1D tensor grid (/grid/x, /grid/t alone; it has {', '.join(ds.grid) or 'a mesh'}); "
+                        f"{type(model).__name__} predicts on (t, x) grids.")
     x, t = np.asarray(ds.grid["x"], float), np.asarray(ds.grid["t"], float)
     pred = model.predict_grid(x, t)
     params = _numeric(model.pde.params())

@@ -237,6 +237,20 @@ def test_a_failed_rerun_of_a_finished_run_gives_it_back_whole(capsys, tmp_path):
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
+def test_paths_that_cannot_be_written_are_the_users_to_fix(capsys, tmp_path):
+    """An --out under a file, or a file where a folder goes: a clean message naming the path and
+    exit 2, not an "unexpected" error."""
+    (tmp_path / "afile").write_text("")
+    code, _, err = sciml(capsys, "run", QUICKSTART, *TINY, "--out", tmp_path / "afile" / "run")
+    assert_clean_error(code, err, "cannot use", "afile", "Not a directory", "Check the paths given")
+    assert code == ConfigError.exit_code
+    code, _, err = sciml(capsys, "bench", "fields", "--quick", "--out", tmp_path / "afile")
+    assert code == ConfigError.exit_code and "cannot use" in err and "unexpected" not in err
+    code, _, err = sciml(capsys, "run", REPO / "experiments/lpinn/sweep.yaml", "speeds=[5", "--out", tmp_path / "s")
+    assert_clean_error(code, err, "'speeds=[5' is not a YAML value", "args.speeds=[5,30]")
+    assert code == ConfigError.exit_code
+
+
 def test_a_run_set_aside_by_a_killed_rerun_is_put_back(tmp_path):
     """A rerun killed (SIGKILL) after setting the finished run aside and before a checkpoint of
     its own: the next command puts the finished run back before deciding anything."""

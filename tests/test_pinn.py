@@ -155,6 +155,22 @@ def test_pipeline_writes_the_run_folder_and_predicts(tmp_path, data_dir):
     assert np.linalg.norm(pred - true) / np.linalg.norm(true) == pytest.approx(report["metrics"]["rel_l2"], rel=1e-5)
     assert isinstance(load_model(out / "checkpoints" / "last.ckpt"), PINN)
 
+    # the dataset itself is never the output, and a 2D grid is not a (t, x) grid
+    import shutil
+
+    from sciml.data.schema import PDEDataset, write_dataset
+    from sciml.errors import ConfigError, DataError
+
+    copy = shutil.copy(reference, tmp_path / "reference.h5")
+    with pytest.raises(ConfigError, match="is the dataset predicted on"):
+        predict_to_file(out / "checkpoints" / "last.ckpt", copy, copy)
+    assert read_dataset(copy).u.shape == read_dataset(reference).u.shape
+    grid = {"x": np.linspace(0, 1, 4), "y": np.linspace(0, 1, 4), "t": np.linspace(0, 1, 3)}
+    flat = write_dataset(tmp_path / "2d.h5", PDEDataset(pde="heat", u=np.zeros((1, 3, 4, 4)), grid=grid, generator="test",
+                                                                params=np.zeros((1, 0)), param_names=[]))
+    with pytest.raises(DataError, match=r"/grid/t alone; it has t, x, y"):
+        predict_to_file(out / "checkpoints" / "last.ckpt", flat, tmp_path / "p2.h5")
+
 
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, data_dir, monkeypatch, capsys):
     """A run killed after its step-100 checkpoint leaves no metrics.json; rerunning resumes from

@@ -59,7 +59,10 @@ def run_study(path: Path, raw: dict, out: Path | None, quick: bool, overrides: S
     changes = dict(raw.get("quick") or {}) if quick else {}
     for item in overrides:
         key, value = parse_override(item, example="args.speeds=[5,30]")
-        changes[key.removeprefix("args.")] = yaml.safe_load(value)
+        try:
+            changes[key.removeprefix("args.")] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"the override {item!r} is not a YAML value ({_one_line(exc)}); e.g. args.speeds=[5,30].") from None
     allowed = [p for p in inspect.signature(fn).parameters if p not in ("out", "quick")]
     for key, value in changes.items():
         if key not in allowed:
@@ -121,6 +124,10 @@ def evaluate_study(run_dir: Path, raw: dict) -> dict[str, Any]:
     report = _with_provenance({"experiment": str(raw.get("name", "")), **reevaluate(out=run_dir, **args)}, run_dir)
     atomic_write_json(run_dir / "metrics.json", report)
     return report
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
 
 
 def _resolve_models(models: Mapping[str, Any], study: Path) -> dict[str, Any]:

@@ -342,7 +342,24 @@ def evaluate_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> d
     objs = instantiate(parser, cfg)
     checkpoint = Path(checkpoint or run_dir / "checkpoints" / "last.ckpt")
     model = load_model(checkpoint)
+    _check_same_model(model, objs.model, checkpoint, run_dir)
     return evaluate_model(model, objs.data, run_dir, cfg.name, train_seconds=_train_seconds(run_dir, checkpoint))
+
+
+def _check_same_model(model: L.LightningModule, configured: L.LightningModule, checkpoint: Path, run_dir: Path) -> None:
+    """Refuse a checkpoint of another experiment: its metrics would be written into this run's
+    metrics.json next to a config.yaml that does not describe them."""
+    def plain(hparams) -> dict[str, str]:
+        return {k: json.dumps(v, sort_keys=True, default=str) for k, v in dict(hparams).items()}
+
+    theirs, mine = plain(model.hparams), plain(configured.hparams)
+    if type(model) is type(configured) and theirs == mine:
+        return
+    differ = sorted(k for k in theirs.keys() | mine.keys() if theirs.get(k) != mine.get(k))
+    what = f"differs in {', '.join(differ)}" if type(model) is type(configured) else \
+        f"is a {type(model).__name__}, the run's model a {type(configured).__name__}"
+    raise ConfigError(f"{checkpoint} is not a checkpoint of the run in {run_dir}: its model {what} from {run_dir / 'config.yaml'}. "
+                      f"Evaluate it in its own run folder, or give one of {run_dir / 'checkpoints'}.")
 
 
 def _train_seconds(run_dir: Path, checkpoint: Path) -> float | None:

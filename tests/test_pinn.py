@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-
 import json
 
 import lightning as L
@@ -170,6 +169,19 @@ def test_pipeline_writes_the_run_folder_and_predicts(tmp_path, data_dir):
                                                                 params=np.zeros((1, 0)), param_names=[]))
     with pytest.raises(DataError, match=r"/grid/t alone; it has t, x, y"):
         predict_to_file(out / "checkpoints" / "last.ckpt", flat, tmp_path / "p2.h5")
+
+
+def test_evaluate_refuses_a_checkpoint_of_another_experiment(tmp_path):
+    from sciml.errors import ConfigError
+    from sciml.models.lpinn import LPINN
+    from sciml.pipeline import _check_same_model
+
+    run = PINN(Convection(beta=5.0), hidden=[8, 8])
+    _check_same_model(PINN(Convection(beta=5.0), hidden=[8, 8]), run, tmp_path / "a.ckpt", tmp_path)  # same experiment
+    with pytest.raises(ConfigError, match=r"a.ckpt is not a checkpoint of the run in .*: its model differs in hidden, pde"):
+        _check_same_model(PINN(Convection(beta=30.0), hidden=[16]), run, tmp_path / "a.ckpt", tmp_path)
+    with pytest.raises(ConfigError, match="is a LPINN, the run's model a PINN"):
+        _check_same_model(LPINN(Convection(beta=5.0)), run, tmp_path / "a.ckpt", tmp_path)
 
 
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, data_dir, monkeypatch, capsys):

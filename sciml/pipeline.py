@@ -45,10 +45,13 @@ def run_experiment(
     quick: bool = False,
     overrides: tuple[str, ...] | list[str] = (),
     evaluate: bool = True,
+    reuse_finished: bool = False,
 ) -> dict[str, Any]:
     """Data -> train -> (evaluate -> report). Returns the metrics.json content (or the train summary).
 
-    A config with a ``study:`` key is a study of many runs (:mod:`sciml.studies`)."""
+    A config with a ``study:`` key is a study of many runs (:mod:`sciml.studies`).
+    ``reuse_finished`` (a study's runs): a folder that already holds a finished run of the same
+    config returns its metrics.json instead of training again, so a rerun study resumes."""
     from .studies import is_study, run_study
 
     raw = read_yaml(Path(config))
@@ -64,6 +67,9 @@ def run_experiment(
     objs = instantiate(parser, cfg)
     model, dm = objs.model, objs.data
     text = dump_config(parser, cfg)
+    if reuse_finished and evaluate and (finished := _finished_report(out, text)) is not None:
+        print(f"{out} already holds this run, finished: its metrics are reused")
+        return finished
     trainer = _trainer(cfg.trainer.as_dict(), out, model)  # also before the folder is touched: its settings can be bad
     _recover(out)
     resume = _resume_checkpoint(out, text)
@@ -178,6 +184,17 @@ def set_threads(threads: int) -> None:
     faster than two on a busy 2-core machine; 0 keeps torch's default (all cores)."""
     if threads > 0:
         torch.set_num_threads(threads)
+
+
+def _finished_report(out: Path, config_text: str) -> dict[str, Any] | None:
+    """The metrics.json of a finished run of this config in ``out``, if there is one."""
+    saved = out / "config.yaml"
+    if not ((out / "checkpoints" / COMPLETE).exists() and saved.is_file() and saved.read_text() == config_text):
+        return None
+    try:
+        return json.loads((out / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _resume_checkpoint(out: Path, config_text: str) -> str | None:

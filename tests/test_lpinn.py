@@ -200,6 +200,11 @@ def test_sweep_study_writes_its_table_plot_and_metrics(tmp_path, data_dir, monke
         run_experiment(REPO / "experiments/lpinn/sweep.yaml", quick=True, out=out, overrides=["speeds=[abc]"])
     assert {name: (out / name).read_bytes() for name in before} == before
 
+    # rerun (an interrupted study, say): its finished runs are reused, not trained again
+    runs_before = {p: p.read_bytes() for p in out.glob("*/c5/metrics.json")}
+    again = run_experiment(REPO / "experiments/lpinn/sweep.yaml", quick=True, out=out, overrides=["speeds=[5]", f"overrides={tiny}"])
+    assert again["metrics"] == saved["metrics"] and {p: p.read_bytes() for p in runs_before} == runs_before
+
 
 @pytest.mark.parametrize("override, message", [
     ("speeds=5", "speeds"),

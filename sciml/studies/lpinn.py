@@ -76,7 +76,7 @@ def compare(out: Path, quick: bool, models: Mapping[str, ModelSpec], overrides: 
     x = t = true = None
     for name, (config, extra) in specs.items():
         run = out / name
-        report = run_experiment(config, out=run, quick=quick, overrides=[*extra, *overrides])
+        report = run_experiment(config, out=run, quick=quick, overrides=[*extra, *overrides], reuse_finished=True)
         model, dm = _reload(run)
         if true is not None and not (np.array_equal(dm.x, x) and np.array_equal(dm.t, t) and np.allclose(dm.u, true)):
             raise ConfigError(f"the experiments compared in {out} solve different problems ({name}'s reference differs); give them the same pde and data.")
@@ -147,7 +147,8 @@ def _speeds(speeds: Sequence[float]) -> list[float]:
 
 def _run_at_speed(config: str, run: Path, quick: bool, name: str, c: float, overrides: list[str]) -> dict[str, Any]:
     """One run of a model's experiment with the convection speed set to c, named after both."""
-    return run_experiment(config, out=run, quick=quick, overrides=[f"name={name}_c{c:g}", f"pde.init_args.beta={c}", *overrides])
+    return run_experiment(config, out=run, quick=quick, overrides=[f"name={name}_c{c:g}", f"pde.init_args.beta={c}", *overrides],
+                          reuse_finished=True)
 
 
 def _reload(run: Path):

@@ -351,7 +351,7 @@ def compare(out: Path, quick: bool, models: Mapping[str, ModelSpec], overrides: 
     specs = model_specs(models)
     reports = {}
     for name, (config, extra) in specs.items():
-        reports[name] = run_experiment(config, out=out / name, quick=quick, overrides=[*extra, *overrides])
+        reports[name] = run_experiment(config, out=out / name, quick=quick, overrides=[*extra, *overrides], reuse_finished=True)
         if reports[name].get("model") is None or "summary" not in reports[name]:
             raise ConfigError(f"`models.{name}` ({config}) is not a ProbConserv model experiment (it reported no per-case metrics).")
     return combine(reports, out)

@@ -39,7 +39,7 @@ SCHEMA_VERSION = 1
 
 _SPACE_AXES = ("x", "y")
 _ROOT_ATTRS = ("pde", "schema_version", "generator", "created", "params", "sha")
-_REGENERATE = "Regenerate it with `sciml data generate SPEC --out FILE`."
+_REGENERATE = "Regenerate it with `sciml data generate NAME [key=value ...] --out FILE` (its generator and parameters: `sciml data generate --list`)."
 _WRITE_FIX = "Fix the arrays given to the dataset writer."
 _BLOCK_BYTES = 1 << 26  # samples are scanned for NaN in blocks of about this size
 
@@ -259,7 +259,7 @@ def _open(path: Path, mode: str = "r") -> Iterator[h5py.File]:
     """Open an HDF5 file; a missing, truncated or corrupt file becomes a `DataError`."""
     if not path.exists():
         raise DataError(f"{path} does not exist; generate it with "
-                        f"`sciml data generate SPEC --out {path}`.")
+                        f"`sciml data generate NAME [key=value ...] --out {path}` (the generators: `sciml data generate --list`).")
     if path.is_dir():
         raise DataError(f"{path} is a directory, not an HDF5 dataset file. {_REGENERATE}")
     try:

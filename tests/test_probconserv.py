@@ -280,6 +280,20 @@ def test_context_is_a_tensor_grid_of_times_and_points(stefan_files):
     assert len(c1) == 2 and torch.equal(c1[1][0], c2[1][0]) and not torch.equal(c1[0][0], c1[1][0])
 
 
+def test_loader_workers_draw_distinct_points_every_epoch(stefan_files):
+    """With loader processes, every (function, epoch) still gets its own context and targets:
+    the workers' copies of the dataset count draws alike, their seeds keep them apart."""
+    train, _ = stefan_files
+    dm = ContextTargetDataModule(str(train), n_context=20, context_times=4, n_target=30, batch_size=1, num_workers=2)
+    dm.setup()
+    torch.manual_seed(0)
+    loader = dm.train_dataloader()
+    draws = [(int(b["index"][0]), b["xt"][0].numpy().tobytes()) for _ in range(3) for b in loader]
+    assert len(draws) == 18 and len({d for _, d in draws}) == 18  # 6 functions x 3 epochs, no repeated draw
+    with pytest.raises(ConfigError, match=r"`data.num_workers` \(=-1\) must be an integer >= 0"):
+        ContextTargetDataModule(str(train), num_workers=-1)
+
+
 def test_draw_points_are_distinct():
     rng = np.random.default_rng(0)
     ct, cp, tt, tp = draw_points(rng, 11, 13, 12, 3, 50)

@@ -90,7 +90,11 @@ class ContextTargets(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         self._draws += 1
-        rng = np.random.default_rng([self.seed, int(self.indices[i]), self._draws])
+        # A loader worker counts its own draws from a copy of this dataset: its seed (distinct per
+        # worker and per loader iterator, from the seeded main process) keeps the streams apart.
+        worker = torch.utils.data.get_worker_info()
+        stream = [self.seed, int(self.indices[i]), self._draws] + ([] if worker is None else [worker.seed % 2**63])
+        rng = np.random.default_rng(stream)
         return context_target_item(self.field, int(self.indices[i]), rng, self.n_context, self.context_times, self.n_target)
 
 
@@ -115,17 +119,19 @@ class ContextTargetDataModule(L.LightningDataModule):
             and seed + 1 (other functions than the training ones).
         t_star: the evaluation time (ProbConserv: 0.5 for diffusion and PME, 0.05 for Stefan).
         n_test_functions: context draws per test file (functions of the test set).
+        num_workers: loader processes drawing the training batches (0: in the training process;
+            a GPU run of the paper's batch of 250 functions wants a few, or the step waits on numpy).
     """
 
     def __init__(self, path: str, generator: str | None = None, generator_params: dict[str, Any] | None = None,
                  n_samples: int = 1000, n_context: int = 100, context_times: int = 10, n_target: int = 100,
                  batch_size: int = 250, seed: int = 0, test: dict[str, str] | None = None,
                  test_params: dict[str, dict[str, Any]] | None = None, test_samples: int = 1,
-                 t_star: float | None = None, n_test_functions: int = 50):
+                 t_star: float | None = None, n_test_functions: int = 50, num_workers: int = 0):
         super().__init__()
         for name, value, low in (("n_samples", n_samples, 1), ("n_context", n_context, 1), ("context_times", context_times, 1),
                                  ("n_target", n_target, 1), ("batch_size", batch_size, 1), ("test_samples", test_samples, 1),
-                                 ("n_test_functions", n_test_functions, 1)):
+                                 ("n_test_functions", n_test_functions, 1), ("num_workers", num_workers, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"`data.{name}` (={value!r}) must be an integer >= {low}.")
         if n_context % context_times:
@@ -175,7 +181,9 @@ class ContextTargetDataModule(L.LightningDataModule):
         self.setup()
         hp = self.hparams
         items = ContextTargets(self.field, np.arange(len(self.field.u)), hp.n_context, hp.context_times, hp.n_target, hp.seed)
-        return DataLoader(items, batch_size=min(hp.batch_size, len(items)), shuffle=True, drop_last=False)
+        workers = hp.get("num_workers", 0)
+        return DataLoader(items, batch_size=min(hp.batch_size, len(items)), shuffle=True, drop_last=False,
+                          num_workers=workers, persistent_workers=workers > 0)
 
     # -- evaluation --------------------------------------------------------------------------------
     def mass(self, name: str, k: int) -> np.ndarray:

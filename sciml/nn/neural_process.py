@@ -44,7 +44,7 @@ class Gaussian(NamedTuple):
         return self.std.pow(2)
 
     def log_prob(self, y: Tensor) -> Tensor:
-        return torch.distributions.Normal(self.mean, self.std).log_prob(y)
+        return torch.distributions.Normal(self.mean, self.std, validate_args=False).log_prob(y)
 
 
 class _Attention(nn.Module):
@@ -152,7 +152,8 @@ class NeuralProcess(nn.Module):
             if yt is not None:
                 post = self.latent_dist(torch.cat([xc, xt], 1), torch.cat([yc, yt], 1))
                 z = post.mean + post.std * torch.randn_like(post.std)
-                kl = torch.distributions.kl_divergence(torch.distributions.Normal(*post), torch.distributions.Normal(*prior)).sum(-1)
+                q, p = (torch.distributions.Normal(*moments, validate_args=False) for moments in (post, prior))
+                kl = torch.distributions.kl_divergence(q, p).sum(-1)
             else:
                 z = prior.mean + prior.std * torch.randn_like(prior.std)
         return self.decode(xt, r, z), kl

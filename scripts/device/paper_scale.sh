@@ -58,11 +58,12 @@ commands() {  # $1: pihc|bench|probconserv|bench_core|probconserv_core, $2: outp
       [ "$what" = bench_core ] || python3 -m sciml.cli bench fields "${quick[@]}" "${device[@]}" --out "$out/bench" || failed=1
       return $failed ;;
     probconserv|probconserv_core)  # every case runs; the status says whether any failed
-      local cases=(diffusion stefan pme)
+      local cases=(diffusion stefan pme) loaders=6  # loader processes: 250 functions a step drawn in numpy
+      [ "$where" = gpu ] || loaders=0
       if [ "$what" = probconserv_core ]; then cases=(diffusion stefan); [ "$where" = gpu ] && anp_time=00:00:01:00; fi
       for case in "${cases[@]}"; do
         "${run[@]}" "experiments/probconserv/anp_$case.yaml" --out "$out/probconserv_$case" "${dev[@]}" \
-          trainer.max_steps=20000 trainer.max_time=$anp_time || failed=1
+          trainer.max_steps=20000 trainer.max_time=$anp_time "data.num_workers=$loaders" || failed=1
       done
       return $failed ;;
     *) echo "unknown run $what (pihc, bench or probconserv)" >&2; exit 2 ;;

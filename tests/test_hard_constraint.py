@@ -496,6 +496,39 @@ def test_the_layer_keeps_its_sampled_points_on_the_bases_device():
     assert "DynamicOutputShape" in type(raised.value).__name__, raised.value
 
 
+def test_sampling_on_the_device_draws_within_each_block_uniformly_without_replacement():
+    """The GPU path of sample_points (p smallest uniform keys per block, padding excluded), run
+    on the CPU: every draw lies in its own block, none repeats, and every point of a block is
+    drawn about equally often."""
+    from sciml.constraints.hard import _smallest_keys
+
+    layer = HardConstraint(ConvectionDiffusion(beta=0.0, nu=NU), grid=(7, 10), splits=(2, 1), points=30)
+    blocks, padding = layer._device_copy("blocks", torch.device("cpu"))
+    assert blocks.shape == (2, 40) and padding.sum() == 40 - 30  # blocks of 40 (4 x 10) and 30 (3 x 10) points
+    torch.manual_seed(0)
+    counts = torch.zeros(70)
+    for _ in range(400):
+        idx = _smallest_keys(blocks, padding, 30)
+        assert all(len(set(row.tolist())) == 30 for row in idx)
+        assert (layer.partition.label[idx] == torch.arange(2)[:, None]).all()
+        counts += torch.bincount(idx.flatten(), minlength=70)
+    assert counts[40:].eq(400).all()  # the 30-point block: every point every time
+    assert (counts[:40] / 400 - 0.75).abs().max() < 0.1  # the 40-point block: each 3 in 4 draws (binomial sd 0.022)
+
+
+def test_a_models_rows_are_grouped_by_expert_once():
+    """The model hands the layer the same row points every step, so the rows' grouping by expert
+    (a count on the CPU) is made once per grid and device."""
+    layer = HardConstraint(ConvectionDiffusion(beta=0.0, nu=NU), grid=(9, 16), splits=(2, 1), points=20)
+    points = torch.cat([torch.arange(16), torch.arange(1, 9) * 16])
+    groups, q_max = layer._row_groups(points, torch.device("cpu"))
+    assert q_max == 16 + 4 and [g.tolist() for g in groups] == [list(range(20)), list(range(20, 24))]
+    again, _ = layer._row_groups(points, torch.device("cpu"))
+    assert all(a is b for a, b in zip(groups, again))  # cached
+    other, q_other = layer._row_groups(points[:16].clone(), torch.device("cpu"))
+    assert q_other == 16 and len(other[1]) == 0  # another rows set is grouped anew
+
+
 def _burgers_problem(seed: int, rows: int, problems: int = 4, points: int = 30, n: int = 5):
     """(pde, names, generator, bases, offsets, A, b): random fields of the layer's residual for
     Burgers at ``points`` points and ``rows`` linear rows per problem, float64."""

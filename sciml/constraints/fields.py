@@ -146,9 +146,15 @@ def _stencil(position: Tensor, n: int, order: int) -> tuple[Tensor, Tensor]:
         rows = {"inside": ([-1, 0, 1, 0], [1.0, -2.0, 1.0, 0.0]), "first": ([0, 1, 2, 3], [2.0, -5.0, 4.0, -1.0]),
                 "last": ([0, -1, -2, -3], [2.0, -5.0, 4.0, -1.0])}
     which = torch.where(position == 0, 1, torch.where(position == n - 1, 2, 0))
-    offsets = torch.tensor([rows[k][0] for k in ("inside", "first", "last")], device=position.device)[which]
-    weights = torch.tensor([rows[k][1] for k in ("inside", "first", "last")], dtype=torch.float64, device=position.device)[which]
-    return offsets, weights
+    key = (order, str(position.device))
+    if key not in _STENCILS:  # copied to a GPU once, not every call (each copy a wait for the device)
+        _STENCILS[key] = (torch.tensor([rows[k][0] for k in ("inside", "first", "last")], device=position.device),
+                          torch.tensor([rows[k][1] for k in ("inside", "first", "last")], dtype=torch.float64, device=position.device))
+    offsets, weights = _STENCILS[key]
+    return offsets[which], weights[which]
+
+
+_STENCILS: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}
 
 
 class GridFields:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -396,6 +396,9 @@ class HardConstraint(nn.Module):
         self.partition = Partition(tuple(grid), tuple(splits or (1,) * len(grid)))
         self.solver, self.adjoint, self.max_steps, self.dtype = solver, adjoint, max_steps, dtype
         self.executor = executor or LocalExecutor()
+        # device copies of what does not change between steps (the expert labels, the padded
+        # blocks, each rows set's grouping by expert): on a GPU each copy is a wait for the device
+        self._on_device: dict[Any, Any] = {}
         self.last_solution: Solution | None = None
         self.reset_stats()
 
@@ -411,10 +414,30 @@ class HardConstraint(nn.Module):
         return {"solves": self._solves, "problems": self._problems, "successful": ok / max(self._problems, 1),
                 "steps": self._steps / max(self._solves, 1)}
 
-    def sample_points(self, generator: torch.Generator | None = None) -> Tensor:
-        """[experts, p] flat grid indices, p = min(points, smallest block), without replacement."""
+    def sample_points(self, generator: torch.Generator | None = None, device: torch.device | str | None = None) -> Tensor:
+        """[experts, p] flat grid indices, p = min(points, smallest block), without replacement.
+        On the CPU (or with a CPU ``generator``) by a permutation per block; on a GPU ``device``
+        there, from its random stream (the p smallest of uniform keys per block), with no copy."""
         p = min(self.points, min(len(b) for b in self.partition.blocks))
-        return torch.stack([b[torch.randperm(len(b), generator=generator)[:p]] for b in self.partition.blocks])
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        if device.type == "cpu" or generator is not None:
+            return torch.stack([b[torch.randperm(len(b), generator=generator)[:p]] for b in self.partition.blocks])
+        return _smallest_keys(*self._device_copy("blocks", device), p)
+
+    def _device_copy(self, what: str, device: torch.device) -> Any:
+        """The partition's labels or its blocks padded to [experts, longest] (with the padding
+        mask), on ``device``, copied there once."""
+        key = (what, str(device))
+        if key not in self._on_device:
+            if what == "label":
+                self._on_device[key] = self.partition.label.to(device)
+            else:
+                blocks = self.partition.blocks
+                longest = max(len(b) for b in blocks)
+                padded = torch.stack([torch.cat([b, b.new_zeros(longest - len(b))]) for b in blocks])
+                padding = torch.arange(longest)[None] >= torch.tensor([len(b) for b in blocks])[:, None]
+                self._on_device[key] = (padded.to(device), padding.to(device))
+        return self._on_device[key]
 
     def forward(self, bases: Mapping[str, Tensor] | GridFields, offsets: Mapping[str, Tensor] | None = None,
                 rows: Rows | None = None, points: Tensor | None = None, return_fields: bool = False) -> Tensor | dict[str, Tensor]:
@@ -438,7 +461,7 @@ class HardConstraint(nn.Module):
         offs = {k: (offsets[k].reshape(batch, -1) if offsets and k in offsets else None) for k in given}
         if points is not None:
             self._check_points(points)
-        idx = (self.sample_points() if points is None else points).to(u_basis.device)  # sampled on the CPU
+        idx = (self.sample_points(device=u_basis.device) if points is None else points).to(u_basis.device)
         k_exp, p = idx.shape
         # Every field at the sampled points and the rows' points, in one call.
         row_pts = rows.points.to(u_basis.device) if rows is not None else idx.new_zeros(0)
@@ -462,7 +485,7 @@ class HardConstraint(nn.Module):
         self._ok = ok if self._ok is None else self._ok + ok
         self._solves, self._steps, self._problems = self._solves + 1, self._steps + sol.steps, self._problems + len(sol.result)
         w = sol.value.reshape(batch, k_exp, n)
-        label = self.partition.label.to(u_basis.device)
+        label = self._device_copy("label", u_basis.device)
         if return_fields:
             return {name: _stitch(bases[name], w, label, offs[name], self.partition.grid) for name in given}
         return _stitch(u_basis, w, label, offs["u"], self.partition.grid)
@@ -501,17 +524,36 @@ class HardConstraint(nn.Module):
             if offsets.get(name) is not None:
                 target = target - torch.as_tensor(c, dtype=like.dtype, device=like.device) * offsets[name][:, pts].to(like)
         b = target / scale
-        # Each row's expert, counted on the CPU: one copy of the points from a GPU, not a wait
-        # for a bincount and one for each expert's nonzero.
-        owner = self.partition.label[rows.points.cpu()]
-        q_max = int(torch.bincount(owner, minlength=k_exp).max()) if len(pts) else 0
+        groups, q_max = self._row_groups(rows.points, like.device)
         a_out = like.new_zeros(batch, k_exp, q_max, n)
         b_out = like.new_zeros(batch, k_exp, q_max)
-        for k in range(k_exp):
-            mine = torch.nonzero(owner == k).flatten().to(like.device)
+        for k, mine in enumerate(groups):
             a_out[:, k, : len(mine)] = a[:, mine]
             b_out[:, k, : len(mine)] = b[:, mine]
         return a_out.reshape(batch * k_exp, q_max, n), b_out.reshape(batch * k_exp, q_max)
+
+    def _row_groups(self, points: Tensor, device: torch.device) -> tuple[list[Tensor], int]:
+        """Each expert's rows (indices into ``points``, on ``device``) and the most any expert has.
+        Counted on the CPU once per rows set (keyed by its points: a model builds the same rows
+        every step), so a GPU step does not wait for a bincount and each expert's nonzero."""
+        key = ("rows", str(device), tuple(points.shape), points.device.type, points.data_ptr())
+        cached = self._on_device.get(key)
+        if cached is not None and cached[0] is points:
+            return cached[1], cached[2]
+        owner = self.partition.label[points.cpu()]
+        q_max = int(torch.bincount(owner, minlength=self.partition.experts).max()) if len(points) else 0
+        groups = [torch.nonzero(owner == k).flatten().to(device) for k in range(self.partition.experts)]
+        self._on_device = {k: v for k, v in self._on_device.items() if k[0] != "rows"}  # one rows set at a time
+        self._on_device[key] = (points, groups, q_max)  # the points kept: their memory is not reused while cached
+        return groups, q_max
+
+
+def _smallest_keys(blocks: Tensor, padding: Tensor, p: int) -> Tensor:
+    """[experts, p]: p entries of each row of ``blocks`` [experts, longest] drawn without
+    replacement, uniformly, where ``padding`` is False: the p smallest of uniform random keys
+    (padding keyed above every draw), on the blocks' device."""
+    keys = torch.rand(blocks.shape, device=blocks.device).masked_fill_(padding, 2.0)
+    return blocks.gather(1, keys.topk(p, dim=1, largest=False, sorted=False).indices)
 
 
 def _stitch(b: Tensor, w: Tensor, label: Tensor, offset: Tensor | None, grid: tuple[int, ...]) -> Tensor:

@@ -168,6 +168,8 @@ class PhysicsFNO(Checkpointed, L.LightningModule):
         })
         self.history: dict[str, list[float]] = {"loss": [], "pde": [], "ic": [], "bc": []}
         self._layers: dict[tuple[int, int], HardConstraint] = {}
+        self._row_points: dict[tuple[int, int, str], Tensor] = {}  # IC/BC row points per grid and device
+        self._coords: dict[tuple, tuple[Tensor, Tensor]] = {}  # the (t, x) inputs of the latest grid, on its device
         self._executor = self.solver_cfg.make_executor()
 
     # -- prediction ------------------------------------------------------------------------------
@@ -185,10 +187,12 @@ class PhysicsFNO(Checkpointed, L.LightningModule):
         return GridFields(b, _FIELDS, spacing, {}, {"t": 1, "x": 2})
 
     def _rows(self, u0: Tensor, nt: int, nx: int, half_cell: float) -> Rows:
-        ic = torch.arange(nx, device=u0.device)
-        left = torch.arange(1, nt, device=u0.device) * nx  # BCs for t > 0: the IC need not meet them
-        right = left + nx - 1
-        points = torch.cat([ic, left, right])
+        key = (nt, nx, str(u0.device))
+        points = self._row_points.get(key)
+        if points is None:  # the same tensor every step: the layer groups its rows by expert once
+            ic = torch.arange(nx, device=u0.device)
+            left = torch.arange(1, nt, device=u0.device) * nx  # BCs for t > 0: the IC need not meet them
+            points = self._row_points[key] = torch.cat([ic, left, left + nx - 1])
         nt = nt - 1
         ones, zeros = torch.ones(nt, dtype=u0.dtype, device=u0.device), torch.zeros(nt, dtype=u0.dtype, device=u0.device)
         coef_u = torch.ones(len(points), dtype=u0.dtype, device=u0.device)
@@ -226,9 +230,12 @@ class PhysicsFNO(Checkpointed, L.LightningModule):
         """[batch, 3, n_t, n_x]: u0 broadcast over time, then t and x scaled to [0, 1] by the PDE's
         domain, not by the grid: a training grid that stops at t_max < t_end keeps its times, so
         evaluating on the whole span extrapolates in time instead of stretching it."""
-        (t0, t1), ((x0, x1),) = self.pde.domain.time, self.pde.domain.space
-        coords = [torch.as_tensor((c - lo) / (hi - lo), dtype=u0.dtype, device=u0.device) for c, lo, hi in ((t, t0, t1), (x, x0, x1))]
-        tt, xx = torch.meshgrid(*coords, indexing="ij")
+        key = (np.asarray(t).tobytes(), np.asarray(x).tobytes(), u0.dtype, str(u0.device))
+        if key not in self._coords:  # copied to the device once per grid, not every step
+            (t0, t1), ((x0, x1),) = self.pde.domain.time, self.pde.domain.space
+            coords = [torch.as_tensor((c - lo) / (hi - lo), dtype=u0.dtype, device=u0.device) for c, lo, hi in ((t, t0, t1), (x, x0, x1))]
+            self._coords = {key: torch.meshgrid(*coords, indexing="ij")}  # the latest grid only
+        tt, xx = self._coords[key]
         batch = len(u0)
         return torch.stack([u0[:, None, :].expand(-1, len(t), -1), tt.expand(batch, -1, -1), xx.expand(batch, -1, -1)], dim=1)
 

@@ -70,6 +70,20 @@ def test_training_reduces_the_loss_and_the_checkpoint_reloads(tmp_path, constrai
     np.testing.assert_allclose(again.predict_samples(u0, t, x), model.eval().predict_samples(u0, t, x), rtol=1e-5, atol=1e-6)
 
 
+def test_a_diverging_training_stops_with_the_loss_named(tmp_path):
+    from sciml.data.generators import generate
+    from sciml.errors import TrainingError
+
+    path = generate("diffusion_sorption_fv", tmp_path / "ds.h5", n=4, params={"nx": 16, "nt": 11}, progress=False)
+    torch.manual_seed(0)
+    dm = SampleDataModule(str(path), batch_size=2, val_fraction=0.0, test_fraction=0.25)
+    model = PhysicsFNO(DiffusionSorption(), constraint="soft", schedule={"lr": 1e30, "floor": 1e29}, **SMALL)
+    trainer = L.Trainer(max_steps=6, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    with pytest.raises(TrainingError, match=r"the pi_sc loss became (nan|inf) at step [1-5]; lower model.schedule.lr \(=1e\+30\)"):
+        trainer.fit(model, datamodule=dm)
+    assert len(model.history["loss"]) >= 1 and all(np.isfinite(model.history["loss"]))
+
+
 def test_bad_settings_are_refused():
     from sciml.errors import ConfigError
     from sciml.pdes import Convection

@@ -17,6 +17,8 @@ exp(t / (D R)) and cannot be solved: see sciml.pdes.DiffusionSorption).
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -267,11 +269,12 @@ class PhysicsFNO(Checkpointed, L.LightningModule):
         t, x = grid["t"], grid["x"]
         u0 = batch["u0"]
         terms = self.loss_terms(self.solution_fields(u0, t, x) if self.loss_fields == "experts" else self(u0, t, x), u0, t, x)
-        if not torch.isfinite(terms["loss"]):
-            raise TrainingError(f"the {self.model_name} loss became {float(terms['loss'])} at step {self.global_step}; lower "
+        values = dict(zip(terms, torch.stack([v.detach() for v in terms.values()]).tolist()))  # one wait for the device, not five
+        if not math.isfinite(values["loss"]):
+            raise TrainingError(f"the {self.model_name} loss became {values['loss']} at step {self.global_step}; lower "
                                 f"model.schedule.lr (={self.schedule.lr}) or keep trainer.gradient_clip_val set.")
-        for k, v in terms.items():
-            self.history[k].append(float(v.detach()))
+        for k, v in values.items():
+            self.history[k].append(v)
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(u0))
         layer = self._layers.get((len(t), len(x)))
         if layer is not None and layer.last_solution is not None:

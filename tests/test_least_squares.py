@@ -461,6 +461,31 @@ def test_the_singular_fallback_keeps_the_solve_differentiable():
     assert a.grad is not None and b.grad is not None
 
 
+def test_the_gpu_fallbacks_agree_with_the_cpu_ones():
+    """spd_solve on a GPU takes every fallback for every problem and keeps the first finite one
+    (no wait for the device to say which need them); run here on the CPU, it must give what the
+    CPU's branches give: Cholesky, the ridged retry, the minimum-norm solution."""
+    from sciml.constraints.solvers import _spd_solve_fallbacks, spd_solve
+
+    g = torch.Generator().manual_seed(3)
+    m = torch.randn(6, 4, 4, generator=g, dtype=F64)
+    a = m @ m.transpose(-1, -2)  # SPD
+    a[1] = torch.diag(torch.tensor([1.0, 2.0, 0.0, 0.0], dtype=F64))  # singular: Cholesky fails, the ridge rescues it
+    a[2] = torch.zeros(4, 4, dtype=F64)  # zero: a ridge of its zero scale does not
+    a[3] = torch.diag(torch.tensor([1.0, -2.0, 3.0, 0.5], dtype=F64))  # indefinite: only the minimum-norm solution
+    a[4, 0, 0] = float("nan")  # non-finite input: treated as zeros there
+    b = torch.randn(6, 4, generator=g, dtype=F64)
+    clean = torch.nan_to_num(a, nan=0.0)
+    chol, info = torch.linalg.cholesky_ex(clean)
+    x = torch.cholesky_solve(b.unsqueeze(-1), chol).squeeze(-1)
+    bad = (info != 0) | ~torch.isfinite(x).all(-1)
+    assert bad.tolist() == [False, True, True, True, True, False]
+    scale = clean.diagonal(dim1=-2, dim2=-1).abs().mean(-1).clamp_min(torch.finfo(F64).tiny)
+    gpu = _spd_solve_fallbacks(clean, b, x, bad, scale * 1e-10, torch.eye(4, dtype=F64))
+    torch.testing.assert_close(gpu, spd_solve(a, b), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(gpu[3], b[3] / torch.tensor([1.0, -2.0, 3.0, 0.5], dtype=F64))
+
+
 @pytest.mark.parametrize("name", ["log", "sqrt"])
 def test_a_rejected_nonfinite_trial_leaves_the_unrolled_gradient_finite(name):
     """Levenberg-Marquardt's first trial lands at y < 0, where log and sqrt are NaN; the trial is

@@ -28,6 +28,8 @@ def spd_solve(a: Tensor, b: Tensor) -> Tensor:
     chol, info = torch.linalg.cholesky_ex(a)
     x = torch.cholesky_solve(b.unsqueeze(-1), chol).squeeze(-1)
     bad = (info != 0) | ~torch.isfinite(x).all(-1)
+    if a.device.type != "cpu":
+        return _spd_solve_fallbacks(a, b, x, bad, scale * 1e-10, eye)
     if bool(bad.any()):
         ridged = a[bad] + 1e-10 * scale[bad, None, None] * eye
         chol2, info2 = torch.linalg.cholesky_ex(ridged)
@@ -38,6 +40,24 @@ def spd_solve(a: Tensor, b: Tensor) -> Tensor:
             x2[still] = min_norm_solve(ridged[still], b[bad][still])
         x = x.clone()
         x[bad] = x2
+    return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _spd_solve_fallbacks(a: Tensor, b: Tensor, x: Tensor, bad: Tensor, ridge: Tensor, eye: Tensor) -> Tensor:
+    """:func:`spd_solve`'s fallbacks without asking the device which problems need them (on a
+    GPU that question is a wait, once per solver step): every problem also gets the ridged
+    Cholesky solve and the minimum-norm solution of the ridged system (its symmetric
+    pseudo-inverse, eigenvalues below eps n max|lambda| dropped, as LAPACK's gelsd drops singular
+    values), and each keeps the first that is finite."""
+    ridged = a + ridge[:, None, None] * eye
+    chol, info = torch.linalg.cholesky_ex(ridged)
+    x2 = torch.cholesky_solve(b.unsqueeze(-1), chol).squeeze(-1)
+    still = bad & ((info != 0) | ~torch.isfinite(x2).all(-1))
+    lam, vec = torch.linalg.eigh(ridged)
+    cut = torch.finfo(a.dtype).eps * a.shape[-1] * lam.abs().amax(-1, keepdim=True)
+    inv = torch.where(lam.abs() > cut, 1 / torch.where(lam == 0, torch.ones_like(lam), lam), torch.zeros_like(lam))
+    x3 = (vec @ (inv * (vec.transpose(-1, -2) @ b.unsqueeze(-1)).squeeze(-1)).unsqueeze(-1)).squeeze(-1)
+    x = torch.where(still[:, None], x3, torch.where(bad[:, None], x2, x))
     return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
 
 

@@ -1,8 +1,24 @@
-"""Datasets: the HDF5 schema, data modules and generators."""
+"""Datasets: the HDF5 schema, data modules and generators.
 
-from .collocation import CollocationDataModule
-from .context_target import ContextTargetDataModule
-from .datamodules import H5Samples, SampleDataModule
+The data modules (Lightning) are imported when first used, so that the schema and the generators
+load without Lightning: a dataset-generation worker process starts in a second, not four.
+"""
+
+from importlib import import_module
+from typing import Any
+
 from .schema import PDEDataset, read_dataset, summarize, validate_dataset, write_dataset
+
+_LAZY = {"CollocationDataModule": ".collocation", "ContextTargetDataModule": ".context_target",
+         "H5Samples": ".datamodules", "SampleDataModule": ".datamodules"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["CollocationDataModule", "ContextTargetDataModule", "H5Samples", "SampleDataModule", "PDEDataset", "read_dataset", "summarize", "validate_dataset", "write_dataset"]

@@ -70,8 +70,9 @@ def nrmse(pred: Any, true: Any) -> float:
 def crmse(pred: Any, true: Any) -> float:
     """Conserved-quantity RMSE (PDEBench's cRMSE).
 
-    ``sqrt(mean_{s,t} (<pred>_x - <true>_x)^2)``: the error of the spatial sum divided by the
-    number of points, RMS over samples and times. It sees a lost or gained mass, not its shape.
+    ``mean_t sqrt(mean_s (<pred>_x - <true>_x)^2)``: the error of the spatial sum divided by
+    the number of points, RMS over samples at each time, then averaged over times (PDEBench's
+    aggregation). It sees a lost or gained mass, not its shape.
     """
     pred, true = _prepare(pred, true)
     return _crmse(pred - true)
@@ -80,8 +81,9 @@ def crmse(pred: Any, true: Any) -> float:
 def brmse(pred: Any, true: Any, *, grid: bool = True) -> float:
     """Boundary RMSE (PDEBench's bRMSE): RMS of ``pred - true`` over the grid's boundary points.
 
-    A boundary point has the first or the last index on at least one spatial axis (in 2D the
-    four edges, each corner counted once); the RMS runs over samples, times and those points.
+    A boundary point has the first or the last index on a spatial axis: in 2D the 2 n_x + 2 n_y
+    points of the four edges, each corner counted twice (once per edge), as PDEBench takes them.
+    The root is taken per sample and time, then averaged (PDEBench's aggregation).
     ``grid=False`` (a mesh) raises: the boundary of an unstructured mesh is not known from the
     array layout.
     """

@@ -43,6 +43,20 @@ def u0_of(i=0):
     return random_initial_condition(rng_for(0, i))
 
 
+def test_retardation_is_pdebenchs_freundlich_isotherm():
+    """R(u) = 1 + ((1 - phi) / phi) rho_s k n_f (u + 1e-6)^(n_f - 1) with PDEBench's phi = 0.29,
+    rho_s = 2880, k = 3.5e-4, n_f = 0.874 (REFERENCES.md), as numbers worked out by hand: both
+    solvers and the layer use this R, so they could all agree on a wrong one."""
+    from sciml.pdes import DiffusionSorption
+
+    pde = DiffusionSorption()
+    assert (pde.D, pde.phi, pde.rho_s, pde.k, pde.n_f, pde.t_end) == (5e-4, 0.29, 2880.0, 3.5e-4, 0.874, 500.0)
+    assert pde.sorption == pytest.approx(2.1569114482758622, rel=1e-12)  # 0.71 / 0.29 * 2880 * 3.5e-4 * 0.874
+    u = np.array([0.0, 0.1, 1.0, -0.5])
+    # 1 + 2.15691 * (u + 1e-6)^-0.126; u < 0 is frozen at u = 0
+    np.testing.assert_allclose(pde.retardation(u), [13.297938, 3.882915, 3.156911, 13.297938], rtol=1e-6)
+
+
 def test_initial_conditions_are_smooth_positive_and_grid_independent():
     x = np.linspace(0, 1, 2001)
     for i in range(50):

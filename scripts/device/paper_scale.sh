@@ -87,7 +87,7 @@ case "$mode" in
     du -sh shared/wheels ;;
   check)  # the same command lines, --quick on this machine's CPU
     export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-    PATH=$PWD/.venv/bin:$PATH
+    PATH=${VENV:-$PWD/.venv}/bin:$PATH  # VENV: another environment to check with (e.g. the device's torch version)
     out=$(mktemp -d)
     modes=("${@:2}")
     [ ${#modes[@]} -gt 0 ] || modes=(pihc probconserv bench)
@@ -102,7 +102,7 @@ case "$mode" in
   run)
     what=${2:?"say what to run: all, pihc, bench or probconserv"}
     : "${OUT:?OUT is the folder that comes back (set by the device tool)}"
-    [ "${WHERE:-gpu}" = gpu ] || PATH=$PWD/.venv/bin:$PATH  # WHERE=check: the same parts, --quick on this CPU
+    [ "${WHERE:-gpu}" = gpu ] || PATH=${VENV:-$PWD/.venv}/bin:$PATH  # WHERE=check: the same parts, --quick on this CPU (VENV: whose python)
     python3 - <<'PY' || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site shared/wheels/*.whl
 import jsonargparse, typeshed_client, docstring_parser  # noqa: F401  (the CLI's dependencies missing there)
 PY

@@ -29,8 +29,9 @@
 # (`bench_core`), in one command; `probconserv_core` trains the ANP on diffusion and Stefan for 1 min
 # each. The session's 15 minutes of device time hold one machine start (1-2 min), `all` and, warm,
 # `probconserv_core`. Untested on the device so far: no session has had one; checked without it:
-# `check` and `WHERE=check run all` under torch 2.11 (the image's), and the CUDA branches under
-# torch's fake tensors.
+# `VENV=<an environment with torch 2.11, the image's> WHERE=check OUT=<folder> ... run all` runs
+# every part --quick on a CPU and packs it (2026-11-29), `check` the other parts; the layer's CUDA
+# branches only under torch's fake tensors and the GPU solve fallbacks on the CPU.
 set -euo pipefail
 self=$(realpath "${BASH_SOURCE[0]}")
 cd "$(dirname "$self")/../.."

@@ -168,6 +168,39 @@ def test_mesh_with_bad_cells_is_refused(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def without(mapping: dict, key: str) -> dict:
+    return {k: v for k, v in mapping.items() if k != key}
+
+
+@pytest.mark.parametrize("make, problem", [
+    (lambda: dataclasses.replace(grid_dataset(), grid=without(grid_dataset().grid, "t")),
+     "the time grid `t` is missing"),
+    (lambda: dataclasses.replace(grid_dataset(), u=grid_dataset().u[:, :, 0], u0=grid_dataset().u0[:, 0],
+                                 grid=without(grid_dataset().grid, "x"), weights=np.full(3, 1 / 3)),
+     "the grid has a `y` axis but no `x` axis"),
+    (lambda: dataclasses.replace(mesh_dataset(), grid={**mesh_dataset().grid, "x": np.linspace(0, 1, 4)}),
+     "a dataset has a mesh or x/y grid axes, not both"),
+    (lambda: dataclasses.replace(mesh_dataset(), mesh_points=np.array([[0.0, 0.0], [1.0, np.nan], [1.0, 1.0], [0.0, 1.0]])),
+     "mesh points hold NaN/Inf"),
+    (lambda: dataclasses.replace(grid_dataset(), mesh_cells=np.array([[0, 1, 2]])),
+     "mesh cells are given without mesh points"),
+    (lambda: dataclasses.replace(grid_dataset(), u=grid_dataset().u[:0], params=grid_dataset().params[:0],
+                                 u0=grid_dataset().u0[:0]),
+     "there are no samples"),
+])
+def test_layouts_the_schema_forbids_are_refused_with_the_problem_and_the_fix(tmp_path, make, problem):
+    """Each of these would otherwise be written silently (a grid without times, a `y` read as `x`,
+    mesh cells dropped, NaN coordinates, an empty file) or crash later with a KeyError; the
+    message names the file, the problem and the fix."""
+    path = tmp_path / "d.h5"
+    with pytest.raises(DataError) as err:
+        write_dataset(path, make())
+    assert str(err.value) == f"cannot write {path}: {problem}. Fix the arrays given to the dataset writer."
+    with pytest.raises(DataError, match="Fix the arrays given to the dataset writer"):
+        DatasetWriter(path, template_of(make()))
+    assert not list(tmp_path.iterdir())
+
+
 def edit(path, fn):
     with h5py.File(path, "r+") as f:
         fn(f)

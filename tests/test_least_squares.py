@@ -530,3 +530,176 @@ def test_a_problem_nonfinite_from_the_start_adds_no_gradient(adjoint):
     assert sol.result.tolist() == [Result.nonfinite, Result.successful]
     (g,) = torch.autograd.grad(sol.value.sum(), theta)
     assert abs(float(g) - 0.5 * math.exp(0.5)) < 1e-7, float(g)  # d exp(0.5 theta)/dtheta; 0 from problem 0
+
+
+def test_the_singular_spd_solve_is_the_pseudo_inverse_solution_for_a_right_side_in_its_range():
+    """Cholesky fails on these singular PSD matrices (an exact zero pivot); the ridged retry, a
+    ridge of 1e-10 of the matrix's scale, must then give the pseudo-inverse solution to ~1e-10
+    relative where b is in the range: a ridge of 1e-2 would shrink it by ~1e-2."""
+    from sciml.constraints.solvers import spd_solve
+
+    a = torch.stack([torch.diag(torch.tensor([1.0, 2.0, 0.0], dtype=F64)),
+                     torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 2.0]], dtype=F64)])
+    assert torch.linalg.cholesky_ex(a)[1].tolist() == [3, 2]  # the fallback is what is tested
+    b = (a @ torch.tensor([[1.0, -2.0, 3.0], [0.5, 0.25, -1.0]], dtype=F64).unsqueeze(-1)).squeeze(-1)
+    x = spd_solve(a, b)
+    pinv = (torch.linalg.pinv(a, hermitian=True) @ b.unsqueeze(-1)).squeeze(-1)  # [1, -2, 0], [0.375, 0.375, -1]
+    assert float(((x - pinv).norm(dim=-1) / pinv.norm(dim=-1)).max()) < 1e-8
+
+
+def test_a_step_is_small_relative_to_the_largest_entry_of_y():
+    """max|delta| <= atol + rtol max|y|: y = [1e3, 0] tolerates a step of 1e-5, not of 2e-5
+    (rtol max|y|, not rtol min|y| = 0, which would ask for atol = 1e-10)."""
+    solver = GaussNewton(rtol=1e-8, atol=1e-10)
+    y = torch.tensor([[1e3, 0.0], [1e3, 0.0], [0.0, -1e3]], dtype=F64)
+    delta = torch.tensor([[1e-7, 0.0], [2e-5, 0.0], [0.0, 1e-7]], dtype=F64)
+    zero, cost = torch.zeros(3, dtype=F64), torch.ones(3, dtype=F64)  # no decrease, a large residual
+    assert solver.converged(y, delta, {}, zero, cost).tolist() == [True, False, True]
+
+
+def test_the_residual_vanishes_at_its_norm_not_at_the_square_root_of_the_cost():
+    """|r| = sqrt(2 cost) <= atol: |r| = 1.2 atol has not vanished (sqrt(cost) = 0.85 atol
+    would say it has), 0.8 atol has."""
+    solver = GaussNewton(rtol=1e-8, atol=1e-3)
+    cost = 0.5 * (torch.tensor([1.2, 0.8], dtype=F64) * 1e-3) ** 2
+    assert solver.vanished(cost).tolist() == [False, True]
+    big_step = torch.ones(2, 1, dtype=F64)
+    assert solver.converged(torch.zeros(2, 1, dtype=F64), big_step, {}, torch.zeros(2, dtype=F64), cost).tolist() == [False, True]
+
+
+def test_a_flat_cost_stops_the_solve_where_the_step_never_gets_small_relative_to_y():
+    """r = (y, 1 + 0.1 y^2): the minimum is at y = 0 with cost 0.5, and Gauss-Newton contracts y
+    by -0.2 per step, so with atol = 0 the step, 1.2 |y|, never falls below rtol |y|. Only the
+    flat-cost criterion (0 < cost - cost_new <= rtol^2 cost after an accepted step) can stop it:
+    the loop must hand the solver the decrease, old cost minus new."""
+    fn = lambda y: torch.cat([y, 1 + 0.1 * y.pow(2)], -1)  # noqa: E731
+    sol = least_squares(fn, torch.tensor([[1.0], [-0.5]], dtype=F64), (), solver=GaussNewton(rtol=1e-4, atol=0.0), max_steps=50, throw=False)
+    assert sol.successful.all() and sol.steps <= 10, (sol.result.tolist(), sol.steps)
+    assert float(sol.value.abs().max()) < 1e-4  # |y| ~ rtol: the cost 0.5 + 0.6 y^2 is flat to rtol^2
+    torch.testing.assert_close(sol.cost, torch.full((2,), 0.5, dtype=F64), rtol=1e-8, atol=0)
+
+
+def test_levenberg_marquardt_refuses_a_rise_or_a_poor_gain_beyond_rounding():
+    """From cost 1 with a predicted decrease of 1e-3 (far above the cost's rounding, 64 eps):
+    a rise of 1e-6 is refused; a decrease of 1e-8, a gain ratio of 1e-5 < 1e-4, is refused too;
+    a ratio of 1e-3 and an unchanged cost are taken."""
+    from sciml.constraints.solvers import Step
+
+    solver = LevenbergMarquardt()
+    y = torch.zeros(4, 1, dtype=F64)
+    state = {**solver.init(y), "size": torch.zeros(4, dtype=F64), "bite": torch.zeros(4, dtype=F64)}
+    step = Step(torch.ones(4, 1, dtype=F64), torch.full((4,), 1e-3, dtype=F64))
+    cost = torch.ones(4, dtype=F64)
+    new_cost = torch.tensor([1 + 1e-6, 1 - 1e-8, 1 - 1e-6, 1.0], dtype=F64)
+    assert solver.accept(cost, new_cost, step, state).tolist() == [False, False, True, True]
+
+
+def test_rejections_in_a_row_multiply_the_damping_by_a_doubling_nu():
+    """From cost 1 a step predicts a decrease of 1e-10, far above the cost's rounding (64 eps =
+    1.4e-14), and raises the cost by 1e-12, also beyond rounding: refused, twice. Nielsen's rule
+    (where the damping's bite is below lam * nu): lambda -> lambda nu, nu -> 2 nu, so lambda is
+    2 and then 8 times the initial 1e-6, nu 4 then 8; an exact step then divides lambda by 3
+    (Nielsen's floor after a rejection) and resets nu to 2."""
+    from sciml.constraints.solvers import Step
+
+    solver = LevenbergMarquardt()
+    y = torch.zeros(1, 1, dtype=F64)
+    state = {**solver.init(y), "size": torch.zeros(1, dtype=F64), "bite": torch.zeros(1, dtype=F64)}
+    step = Step(torch.ones(1, 1, dtype=F64), torch.full((1,), 1e-10, dtype=F64))
+    cost = torch.ones(1, dtype=F64)
+    seen = []
+    for new_cost in (1 + 1e-12, 1 + 1e-12, 1 - 1e-10):
+        taken = solver.accept(cost, torch.full((1,), new_cost, dtype=F64), step, state)
+        seen.append((bool(taken), float(state["lambda"]), float(state["nu"])))
+    want = [(False, 2e-6, 4.0), (False, 8e-6, 8.0), (True, 8e-6 / 3, 2.0)]
+    for (t, lam, nu), (t0, lam0, nu0) in zip(seen, want):
+        assert t == t0 and lam == pytest.approx(lam0, rel=1e-6) and nu == nu0, (seen, want)
+
+
+def test_gauss_newton_gives_up_on_a_nonfinite_trial():
+    """r = sqrt(y) - 1/2 from y = 4: the full Gauss-Newton step lands at y = -2, where sqrt is
+    NaN. Gauss-Newton has no damping to retry with: the problem is marked nonfinite at once and
+    keeps its start point, while the other problem (from y = 0.3) converges to 1/4."""
+    fn = lambda y, c: torch.sqrt(y) - c  # noqa: E731
+    c = torch.full((2, 1), 0.5, dtype=F64)
+    sol = least_squares(fn, torch.tensor([[4.0], [0.3]], dtype=F64), (c,), solver=GaussNewton(), max_steps=50, throw=False)
+    assert sol.result.tolist() == [Result.nonfinite, Result.successful]
+    assert sol.steps <= 10, sol.steps
+    torch.testing.assert_close(sol.value, torch.tensor([[4.0], [0.25]], dtype=F64), rtol=1e-8, atol=0)
+    single = least_squares(fn, torch.tensor([[4.0]], dtype=F64), (c[:1],), solver=GaussNewton(), max_steps=50, throw=False)
+    assert single.result.tolist() == [Result.nonfinite] and single.steps == 1
+
+
+def test_a_small_step_into_nonfinite_territory_does_not_count_as_converged():
+    """r = sqrt(y - 1e4) - 1e-4 from 4e-6 above the edge of sqrt's domain: the first step, -7.6e-6,
+    is small next to rtol |y| = 1e-4 but lands outside the domain. That NaN trial is refused and
+    must not end the solve as converged at the start point: the retried, damped step is taken
+    and the solve converges after it."""
+    s = 1e4
+    fn = lambda y, c: torch.sqrt(y - s) - c  # noqa: E731
+    trials = []
+
+    class Recorded(LevenbergMarquardt):
+        def accept(self, cost, new_cost, step, state):
+            taken = super().accept(cost, new_cost, step, state)
+            trials.append((float(new_cost[0]), bool(taken[0])))
+            return taken
+
+    y0 = torch.tensor([[s + 4e-6]], dtype=F64)
+    sol = least_squares(fn, y0, (torch.full((1, 1), 1e-4, dtype=F64),), solver=Recorded(), max_steps=50, throw=False)
+    assert trials[0] == (math.inf, False)  # the first trial is not finite
+    assert sol.successful.all() and sol.steps >= 2 and any(taken for _, taken in trials)
+    assert float(sol.value[0, 0]) > s and float(sol.value[0, 0]) != float(y0[0, 0])
+    torch.testing.assert_close(sol.cost, 0.5 * fn(sol.value, 1e-4).pow(2).sum(-1), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("adjoint", [ImplicitAdjoint(), ImplicitAdjoint("exact"), UnrolledAdjoint()])
+def test_each_finite_problem_gets_its_own_gradient_next_to_a_nonfinite_one(adjoint):
+    """r = log(y) - c: y* = exp(c), dy*/dc = exp(c), different for every problem. Problem 1 starts
+    where log is NaN and gets no gradient; the backward runs on problems 0 and 2 alone and must
+    scatter their gradients back to their own rows."""
+    c = torch.tensor([[0.5], [-3.0], [-1.0]], dtype=F64, requires_grad=True)
+    y0 = torch.tensor([[1.0], [-1.0], [1.0]], dtype=F64)
+    sol = least_squares(lambda y, c: torch.log(y) - c, y0, (c,), solver=LevenbergMarquardt(), adjoint=adjoint, max_steps=60, throw=False)
+    assert sol.result.tolist() == [Result.successful, Result.nonfinite, Result.successful]
+    weights = torch.tensor([[1.0], [1.0], [2.0]], dtype=F64)
+    (g,) = torch.autograd.grad((sol.value * weights).sum(), c)
+    want = torch.tensor([[math.exp(0.5)], [0.0], [2 * math.exp(-1.0)]], dtype=F64)
+    torch.testing.assert_close(g, want, rtol=1e-7, atol=1e-12)
+
+
+def test_exact_hessian_gradients_of_a_rank_deficient_problem_are_the_minimum_norm_ones():
+    """Duplicated columns make the exact Hessian (= J^T J for a linear residual) singular and its
+    LU solve fail: the fallback takes the minimum-norm mu = H^+ g, so the gradient equals the
+    closed-form pullback with that mu, and along perturbations that keep the columns duplicated
+    (where y* moves smoothly) it matches finite differences. Zeros for mu would leave only the
+    cost's part of the gradient."""
+    a, b = problem()
+    a = torch.cat([a[..., :2], a[..., :2]], dim=-1)  # rank 2 of 4
+    weights = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=F64)  # g not in the range of H: mu's choice matters
+
+    def solve(a_, b_):
+        return least_squares(linear, torch.zeros(3, 4, dtype=F64), (a_, b_), adjoint=ImplicitAdjoint("exact"),
+                             solver=LevenbergMarquardt(rtol=1e-13, atol=1e-15), max_steps=100)
+
+    a_, b_ = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
+    sol = solve(a_, b_)
+    ga, gb = torch.autograd.grad((sol.value * weights).sum() + sol.cost.sum(), (a_, b_))
+    y = sol.value.detach()
+    hess = a.mT @ a
+    mu = (torch.linalg.pinv(hess, hermitian=True) @ weights.expand(3, 4).unsqueeze(-1)).squeeze(-1)
+    want_a, want_b = _LinearWithPullback().pullback(y, mu, torch.ones(3, dtype=F64), a, b)
+    torch.testing.assert_close(ga, want_a, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(gb, want_b, rtol=1e-6, atol=1e-8)
+    # y* = A^+ b, the minimum-norm solution the solver converges to from 0 (differentiated here
+    # in closed form: the solve's 1e-11 error in the null space would swamp the differences)
+    loss = lambda t: float(((torch.linalg.pinv(t) @ b.unsqueeze(-1)).squeeze(-1) * weights).sum()  # noqa: E731
+                           + 0.5 * linear((torch.linalg.pinv(t) @ b.unsqueeze(-1)).squeeze(-1), t, b).pow(2).sum())
+    eps = 1e-5
+    for k, col in ((0, 0), (7, 1)):  # a[1, k, col] and its duplicate a[1, k, col + 2] together
+        plus, minus = a.clone(), a.clone()
+        plus[1, k, [col, col + 2]] += eps
+        minus[1, k, [col, col + 2]] -= eps
+        fd = (loss(plus) - loss(minus)) / (2 * eps)
+        got = float(ga[1, k, col] + ga[1, k, col + 2])
+        assert abs(got - fd) <= 1e-6 * max(1.0, abs(fd)), (k, col, got, fd)

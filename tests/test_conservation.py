@@ -416,3 +416,81 @@ def test_a_variance_the_law_takes_entirely_keeps_its_derivative():
     assert float(post.var[0]) == 0.0
     (grad,) = torch.autograd.grad(post.var[0], var)
     torch.testing.assert_close(grad, torch.tensor([0.0, 1.0, 1.0], dtype=F64))
+
+
+def test_log_likelihood_floors_a_zero_variance_at_1e_12_of_the_largest_prior_variance():
+    """var = [4, 1], G = e_0, sigma_G = 0: point 0 is pinned at b = 0 (posterior variance exactly 0), point 1
+    keeps N(0, 1). The floor is 1e-12 * 4: u = [1e-6, 1] gives log N(1e-6; 0, 4e-12) = -(log(2 pi 4e-12) + 0.25) / 2
+    and log N(1; 0, 1) = -(log(2 pi) + 1) / 2. A floor of 1e-6 * 4 would make the pinned point's density
+    1000 times smaller and a miss of 1e-6 there cost nothing (isfinite alone cannot tell)."""
+    post = conservation_update(torch.zeros(2, dtype=F64), torch.tensor([4.0, 1.0], dtype=F64),
+                               torch.tensor([[1.0, 0.0]], dtype=F64), torch.zeros(1, dtype=F64))
+    assert post.var.tolist() == [0.0, 1.0] and post.mean.tolist() == [0.0, 0.0]
+    ref = (-0.5 * (np.log(2 * np.pi * 4e-12) + 0.25) - 0.5 * (np.log(2 * np.pi) + 1.0)) / 2
+    assert abs(float(post.log_likelihood(torch.tensor([1e-6, 1.0], dtype=F64))) - ref) < 1e-9
+
+
+def test_bounds_missing_b_by_one_part_in_a_million_are_infeasible():
+    """G = ones(4), 0 <= u <= 1: G u reaches at most 4. b = 4 is feasible (every point at its upper bound);
+    b = 4 + 4e-6 is not, and must be refused (the tolerance is round-off, 1e-12 of the scale, not 1e-3: a
+    looser one would return an answer that breaks the law by 4e-6 without a word)."""
+    mean, var = torch.zeros(2, 4, dtype=F64), torch.ones(2, 4, dtype=F64)
+    G = torch.ones(1, 4, dtype=F64)
+    x = bounded_update(mean, var, G, torch.tensor([[4.0], [2.0]], dtype=F64), 0.0, 1.0, backend="active_set")
+    assert x[0].tolist() == [1.0] * 4 and abs(float(x[1].sum()) - 2.0) < 1e-14
+    with pytest.raises(ValueError, match=r"infeasible at batch index \(1,\): b = 4.000004 is outside \[0, 4\] by 4e-06, the range of "
+                                         r"G u over lower <= u <= upper; loosen the bounds or check b"):
+        bounded_update(mean, var, G, torch.tensor([[2.0], [4.0 + 4e-6]], dtype=F64), 0.0, 1.0, backend="active_set")
+    with pytest.raises(ValueError, match=r"infeasible at batch index \(0,\): b = -1e-06 is outside \[0, 4\] by 1e-06"):
+        bounded_update(mean, var, G, torch.tensor([[-1e-6], [2.0]], dtype=F64), 0.0, 1.0, backend="active_set")
+
+
+def test_a_covariance_asymmetric_by_1e_3_is_refused():
+    """cov[1, 0] = cov[0, 1] + 1e-3 on a covariance of scale 2: not round-off but a wrong matrix (the update
+    would silently use one triangle of it). Asymmetry at round-off level (1e-15) is accepted."""
+    mean, G, b = torch.zeros(3, dtype=F64), torch.ones(1, 3, dtype=F64), torch.ones(1, dtype=F64)
+    cov = torch.tensor([[2.0, 0.5, 0.0], [0.5, 2.0, 0.0], [0.0, 0.0, 2.0]], dtype=F64)
+    conservation_update(mean, G=G, b=b, cov=cov + torch.tensor([[0, 0, 0], [1e-15, 0, 0], [0, 0, 0]], dtype=F64))
+    with pytest.raises(ValueError, match=r"`cov` is not symmetric \(largest \|cov - cov\^T\| = 0\.001\); "
+                                         r"pass \(cov \+ cov\^T\) / 2"):
+        conservation_update(mean, G=G, b=b, cov=cov + torch.tensor([[0, 0, 0], [1e-3, 0, 0], [0, 0, 0]], dtype=F64))
+
+
+def test_a_law_that_pins_a_point_leaves_its_variance_exactly_zero():
+    """G = e_1, sigma_G = 0 fixes u_1 = b: its posterior variance is v - (v / sqrt(v))^2, which round-off makes
+    -2.8e-17 .. -1.3e-15 for these v (not 0); it must come out exactly 0, never negative (sqrt(var) of a
+    negative variance is NaN), and the other points keep their prior variances."""
+    v = torch.tensor([0.2, 0.9, 1.3, 3.0, 5.0, 6.0], dtype=F64)
+    var = torch.stack([torch.ones_like(v), v, torch.full_like(v, 2.0)], -1)  # [6, 3]
+    post = conservation_update(torch.zeros(6, 3, dtype=F64), var, torch.tensor([[0.0, 1.0, 0.0]], dtype=F64),
+                               torch.full((6, 1), 0.5, dtype=F64))
+    assert post.var[:, 1].tolist() == [0.0] * 6
+    assert post.var[:, 0].tolist() == [1.0] * 6 and post.var[:, 2].tolist() == [2.0] * 6
+    assert (post.mean[:, 1] - 0.5).abs().max() < 1e-15
+    assert torch.isfinite(post.var.sqrt()).all()
+
+
+def test_polish_refuses_an_active_set_whose_multiplier_has_the_wrong_sign(monkeypatch):
+    """var = 1, mean = 0 (z = u), G = ones(4), b = 2, upper = [0.2, 0.6001, inf, inf]: the answer is
+    [0.2, 0.6, 0.6, 0.6], point 0 on its bound, point 1 free 1e-4 below its own. A cone answer 5e-6 off at
+    point 0 is missed by the tight activity tolerances (1e-8, 1e-6 of the scale 1.6: all-free breaks
+    u_0 <= 0.2), and the next one (1e-4) takes point 1 as active too: fixed at 0.6001 it keeps the law and
+    the bounds, but its multiplier has the wrong sign (it pushes u_1 up against an upper bound). The
+    polish must refuse that set and keep the cone answer (5e-6 off) instead of the wrong set's (1e-4 off)."""
+    mean, var = torch.zeros(4, dtype=F64), torch.ones(4, dtype=F64)
+    G, b = torch.ones(1, 4, dtype=F64), torch.tensor([2.0], dtype=F64)
+    upper = torch.tensor([0.2, 0.6001, torch.inf, torch.inf], dtype=F64)
+    exact = bounded_update(mean, var, G, b, upper=upper, backend="active_set")
+    torch.testing.assert_close(exact, torch.tensor([0.2, 0.6, 0.6, 0.6], dtype=F64), rtol=0, atol=1e-15)
+
+    def fake_layer(cone_answer):  # stands for cvxpylayers' CvxpyLayer, which Clarabel solves to ~1e-5
+        return lambda *args, **kwargs: lambda *params, solver_args: (cone_answer,)
+
+    rough = torch.tensor([0.2 - 5e-6, 0.6, 0.6, 0.6 + 5e-6], dtype=F64)
+    monkeypatch.setattr(conservation, "_cvxpy_layer", fake_layer(rough))
+    x = bounded_update(mean, var, G, b, upper=upper, backend="cvxpylayers")
+    torch.testing.assert_close(x, exact, rtol=0, atol=1e-5)
+    # A cone answer good to 1e-9 is polished to the active set's answer.
+    monkeypatch.setattr(conservation, "_cvxpy_layer", fake_layer(exact + torch.tensor([-1e-9, 0, 0, 1e-9], dtype=F64)))
+    torch.testing.assert_close(bounded_update(mean, var, G, b, upper=upper, backend="cvxpylayers"), exact,
+                               rtol=0, atol=1e-15)

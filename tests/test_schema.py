@@ -12,10 +12,10 @@ import pytest
 
 from sciml.data import schema
 from sciml.data.schema import (
-    SCHEMA_VERSION, DatasetWriter, PDEDataset, read_dataset, shape_only, summarize,
+    SCHEMA_VERSION, DatasetWriter, PDEDataset, check_physics, read_dataset, shape_only, summarize,
     validate_dataset, write_dataset,
 )
-from sciml.errors import DataError
+from sciml.errors import ConfigError, DataError
 
 
 def grid_dataset(n: int = 4, n_t: int = 5, n_x: int = 6, n_y: int = 3) -> PDEDataset:
@@ -286,6 +286,27 @@ def test_writer_refuses_bad_samples(tmp_path):
         assert not writer.done.any()
 
 
+def test_writer_refuses_a_sample_index_outside_the_template(tmp_path):
+    """i = n_samples is one past the last sample (h5py would only raise a bare IndexError) and
+    i = -1 would overwrite the last one; the writer names `i` and the range instead."""
+    ds = grid_dataset()
+    with DatasetWriter(tmp_path / "d.h5", template_of(ds)) as writer:
+        for i in (4, -1):
+            with pytest.raises(ValueError, match=rf"sample index `i` \(={i}\) must be in \[0, 4\)"):
+                writer.write(i, ds.u[0], ds.params[0], u0=ds.u0[0])
+        assert not writer.done.any()
+
+
+def test_summary_mean_is_over_every_value(tmp_path):
+    """u is 0 except sample 1, which is 1: the mean over all 4 * 5 * 6 * 3 values is 0.25
+    (dividing the sum, 90, by the 4 samples would print 22.5)."""
+    u = np.zeros((4, 5, 6, 3), dtype=np.float32)
+    u[1] = 1.0
+    ds = dataclasses.replace(grid_dataset(), u=u, u0=u[:, 0].copy())
+    text = summarize(write_dataset(tmp_path / "d.h5", ds))
+    assert "float32 [4, 5, 6, 3], min 0, max 1, mean 0.25" in text, text
+
+
 def test_summary_names_the_key_facts(tmp_path):
     path = write_dataset(tmp_path / "d.h5", grid_dataset())
     text = summarize(path)
@@ -316,3 +337,28 @@ def test_a_second_writer_of_the_same_file_is_refused(tmp_path):
     with DatasetWriter(tmp_path / "d.h5", template) as again:  # released on close: resumes
         assert 0 not in again.pending()
     assert not (tmp_path / "d.h5.lock").exists()
+
+
+class _StubPDE:
+    """What `check_physics` reads of a `sciml.pdes.PDE`: its name and params()."""
+
+    name = "heat2d"
+
+    def __init__(self, **params):
+        self._params = params
+
+    def params(self):
+        return self._params
+
+
+def test_check_physics_refuses_a_parameter_off_by_one_part_in_a_million():
+    """L = 1 + 1e-6 is another PDE (rel_tol 1e-9): a looser tolerance (1e-1) would train on one
+    and score on the other; round-off (1 + 1e-12) and ints against floats still pass."""
+    meta = grid_dataset()  # common_params {"L": 1.0, "bc": "periodic", "modes": [1, 2]}
+    check_physics("d.h5", meta, _StubPDE(L=1.0 + 1e-12, bc="periodic"))
+    check_physics("d.h5", meta, _StubPDE(L=1, modes=[1, 2]))
+    with pytest.raises(ConfigError, match=r"pde.init_args.L \(=1.000001\) differs from the 1.0 that d.h5 was "
+                                          r"generated with.*Set pde.init_args.L: 1.0"):
+        check_physics("d.h5", meta, _StubPDE(L=1.0 + 1e-6))
+    with pytest.raises(ConfigError, match=r"holds 'heat2d' data but the experiment's pde is _StubPDE \('burgers'\)"):
+        check_physics("d.h5", meta, type("_StubPDE", (_StubPDE,), {"name": "burgers"})())

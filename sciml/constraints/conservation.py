@@ -365,8 +365,10 @@ def _active_set(mu: Tensor, var: Tensor, g: Tensor, b: Tensor, lo: Tensor, up: T
         infeasible = (b < g_min - tol) | (b > g_max + tol)
         if bool(infeasible.any()):
             i = int(torch.nonzero(infeasible)[0])
+            bi, lo_i, up_i = b[i].item(), g_min[i].item(), g_max[i].item()
+            by = lo_i - bi if bi < lo_i else bi - up_i
             raise ValueError(f"the bounds make G u = b infeasible at batch index {_unravel(i, batch)}: b = "
-                             f"{b[i].item():.6g} is outside [{g_min[i].item():.6g}, {g_max[i].item():.6g}], the range of "
+                             f"{bi:.10g} is outside [{lo_i:.10g}, {up_i:.10g}] by {by:.3g}, the range of "
                              f"G u over lower <= u <= upper; loosen the bounds or check b.")
         # Bracket: all breakpoints and the unbounded solution, widened until the gap changes sign.
         vgg = (vg * g).sum(-1)

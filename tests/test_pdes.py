@@ -140,6 +140,19 @@ def test_autograd_fields_computes_only_what_is_asked_and_zero_for_absent_depende
     assert set(autograd_fields(lambda x, t: x * t, x, t, ["u_t"])) == {"u", "u_t"}
 
 
+def test_autograd_fields_are_exactly_zero_where_a_derivative_does_not_depend_on_its_variable():
+    """u_x of u = x t + x depends on t but not on x, so autograd returns no gradient (None) for
+    u_xx, and u = sin x has none for u_t: both are exactly zero (ones would make every PDE with a
+    u_xx term see curvature in a field linear in x)."""
+    x, t = points(5, 3)
+    fields = autograd_fields(lambda x, t: x * t + x, x, t, ["u_xx"])
+    torch.testing.assert_close(fields["u_x"], t + 1, rtol=0, atol=0)
+    assert fields["u_x"].requires_grad  # the None path, not the "no graph at all" one
+    assert fields["u_xx"].shape == x.shape and (fields["u_xx"] == 0).all()
+    still = autograd_fields(lambda x, t: torch.sin(x), x, t, ["u_t"])
+    assert still["u_t"].shape == t.shape and (still["u_t"] == 0).all()
+
+
 def test_autograd_fields_keep_the_graph_to_parameters():
     """A loss on the derivative fields can be minimised: d/da sum(u_x) for u = a sin(x t)."""
     x, t = points(9, 5)
@@ -192,6 +205,26 @@ def test_reaction_reference_is_the_logistic_closed_form():
 def test_reaction_diffusion_reference_of_a_uniform_state_is_logistic():
     u = reference(ReactionDiffusion(rho=3.0, nu=0.05), u0=np.full(X.size, 0.2))
     np.testing.assert_allclose(u, np.broadcast_to(closed_logistic(0.2, 3.0, T[:, None]), u.shape), rtol=1e-10)
+
+
+def test_reaction_diffusion_reference_without_reaction_is_the_heat_equation():
+    """rho = 0 from a sine: u = exp(-nu t) sin x. The uniform-state test above cannot see nu at
+    all; solving with 2 nu, or nu dropped, fails here."""
+    u = reference(ReactionDiffusion(rho=0.0, nu=0.3, ic="sine"))
+    np.testing.assert_allclose(u, np.exp(-0.3 * T[:, None]) * np.sin(X[None]), atol=1e-12)
+
+
+def test_taylor_green_initial_condition_is_the_documented_vortex():
+    """w0 = 4 pi cos(2 pi x) cos(2 pi y) on the square grid x by x (the amplitude the PI-HC
+    problem B starts from, and whose exact decay test_navier_stokes.py checks)."""
+    from sciml.pdes import NavierStokes2D
+
+    x = np.arange(8) / 8
+    w0 = NavierStokes2D().initial_condition(x)
+    assert w0.shape == (8, 8)
+    np.testing.assert_allclose(w0, 4 * np.pi * np.cos(2 * np.pi * x)[:, None] * np.cos(2 * np.pi * x)[None, :], rtol=0, atol=1e-13)
+    assert w0[0, 0] == pytest.approx(4 * np.pi, rel=1e-15)  # the peak, at the origin
+    assert w0[2, 0] == pytest.approx(0.0, abs=1e-14)  # cos(pi / 2)
 
 
 def test_burgers_reference_matches_cole_hopf():
@@ -258,6 +291,10 @@ def test_numpy_and_integer_parameters_are_stored_as_plain_floats():
         (lambda: Convection(beta=float("nan")), ["`beta`", "nan", "finite"]),
         (lambda: Convection(beta=True), ["`beta`", "True"]),
         (lambda: Burgers(offset=0.5), ["`offset`", "0.5", "sine_offset"]),
+        # a porosity outside (0, 1): phi = 0 divides by zero, phi >= 1 zeroes or flips the sorption term
+        (lambda: DiffusionSorption(phi=1.2), ["`phi`", "1.2", "(0, 1)"]),
+        (lambda: DiffusionSorption(phi=1.0), ["`phi`", "1.0", "(0, 1)"]),
+        (lambda: DiffusionSorption(phi=0.0), ["`phi`", "0.0", "(0, 1)"]),
     ],
 )
 def test_bad_parameters_are_refused_naming_the_value(make, words):

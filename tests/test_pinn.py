@@ -12,8 +12,9 @@ import torch
 
 from sciml.data import CollocationDataModule
 from sciml.models import PINN, load_model
-from sciml.models.pinn import OptimizerConfig
-from sciml.pdes import Convection, Reaction
+from sciml.errors import ConfigError
+from sciml.models.pinn import LossWeights, OptimizerConfig
+from sciml.pdes import Burgers, Convection, DiffusionSorption, Reaction
 
 
 @pytest.fixture
@@ -45,6 +46,70 @@ def test_loss_is_zero_for_the_exact_solution(data_dir):
         assert float(terms[name]) < 1e-10, (name, float(terms[name]))
     model.forward = lambda x, t: torch.sin(x - 2.0 * t)  # wrong speed: the residual says so
     assert float(model.loss_terms(batch)["pde"]) > 0.1
+
+
+def _hand_batch(n: int = 9) -> dict[str, torch.Tensor]:
+    """A float64 batch on [0, 2 pi] x [0, 1] without a dataset: collocation points, the IC row
+    (target 0) and the boundary times."""
+    x = torch.linspace(0, 2 * np.pi, n, dtype=torch.float64)
+    t = torch.linspace(0, 1, n, dtype=torch.float64)
+    return {"x_f": x, "t_f": t.flip(0), "x_ic": x, "u_ic": torch.zeros_like(x), "t_b": t}
+
+
+def _bump(x, t):
+    """x (2 pi - x): equal at both walls (0), but u_x is 2 pi at x = 0 and -2 pi at x = 2 pi."""
+    return x * (2 * np.pi - x) + 0 * t
+
+
+def test_second_order_pdes_also_need_u_x_periodic():
+    """A field periodic in u but not in u_x: its BC term is (2 pi - (-2 pi))^2 = 16 pi^2 for
+    Burgers (u_xx in its residual: u_x must match across the wall too), 0 for first-order
+    convection, where u alone is matched."""
+    batch = _hand_batch()
+    burgers = PINN(Burgers(nu=0.1), hidden=[4]).double()
+    burgers.forward = _bump  # type: ignore[method-assign]
+    assert float(burgers.loss_terms(batch)["bc"].detach()) == pytest.approx(16 * np.pi**2, rel=1e-12)
+    convection = PINN(Convection(beta=1.0), hidden=[4]).double()
+    convection.forward = _bump  # type: ignore[method-assign]
+    assert float(convection.loss_terms(batch)["bc"].detach()) == 0.0
+
+
+def test_the_total_loss_is_the_sum_of_the_weighted_terms():
+    """With LossWeights(ic=2, bc=3, pde=5) and every term nonzero, loss = 2 ic + 3 bc + 5 pde
+    (each weight on its own term: distinct weights tell a swapped one)."""
+    batch = _hand_batch()
+    model = PINN(Burgers(nu=0.1), hidden=[4], weights=LossWeights(ic=2.0, bc=3.0, pde=5.0)).double()
+    model.forward = _bump  # type: ignore[method-assign]
+    terms = {k: v.detach() for k, v in model.loss_terms(batch).items()}
+    assert float(terms["bc"]) == pytest.approx(16 * np.pi**2, rel=1e-12)
+    assert min(float(terms[name]) for name in ("ic", "pde")) > 1.0
+    torch.testing.assert_close(terms["loss"], 2 * terms["ic"] + 3 * terms["bc"] + 5 * terms["pde"], rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("decrease, steps", [(0.0, 4), (1e-13, 4), (1e-9, 20)])
+def test_lbfgs_stops_once_the_loss_stalls_and_not_before(decrease, steps):
+    """With stall_patience=3, L-BFGS training stops once the loss has changed by <= 1e-12
+    (relative) for 3 steps in a row: after 4 steps for a frozen loss or one
+    falling 1e-13 per step, while a loss still falling 1e-9 per step runs all 20 steps. The loss is
+    (1 - decrease)^step, independent of the weights (their gradient is zero: L-BFGS takes no step)."""
+    model = PINN(Convection(beta=1.0), hidden=[4], optimizer=OptimizerConfig(lbfgs_steps=20, stall_patience=3)).double()
+
+    def loss_terms(batch):
+        zero = sum(p.sum() for p in model.parameters()) * 0
+        loss = zero + (1 - decrease) ** model.global_step
+        return {"loss": loss, "ic": loss.detach(), "bc": zero.detach(), "pde": zero.detach()}
+
+    model.loss_terms = loss_terms  # type: ignore[method-assign]
+    loader = torch.utils.data.DataLoader([{"x": torch.zeros(1)}] * 20, batch_size=None)
+    L.Trainer(max_steps=model.total_steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False).fit(model, loader)
+    assert len(model.history["loss"]) == steps
+
+
+def test_a_non_periodic_pde_is_refused():
+    """The PINN's BC terms are periodic ones: a PDE on a bounded domain with its own BCs is refused."""
+    with pytest.raises(ConfigError, match="DiffusionSorption is not a periodic PDE"):
+        PINN(DiffusionSorption())
 
 
 def test_lbfgs_keeps_making_progress(data_dir):

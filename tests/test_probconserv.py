@@ -246,6 +246,41 @@ def test_softc_penalty_trains_through_attention(kind):
     assert float(plain.loss_terms(batch)["pde"]) == 0.0
 
 
+def _softc_batch(n: int = 4) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return {"xc": torch.rand(n, 10, 2, dtype=torch.float64), "yc": torch.rand(n, 10, 1, dtype=torch.float64),
+            "xt": torch.rand(n, 6, 2, dtype=torch.float64), "yt": torch.rand(n, 6, 1, dtype=torch.float64),
+            "param": 1 + 4 * torch.rand(n, 1, dtype=torch.float64)}
+
+
+def test_softc_weight_multiplies_the_pde_term_of_the_loss():
+    """SoftC's loss is nll + kl + softc_weight * pde: with weight 3 the PDE term counts three times
+    (the CNP is deterministic, so two models with the same weights give the same terms)."""
+    batch = _softc_batch()
+    models = {}
+    for weight in (1.0, 3.0):
+        torch.manual_seed(1)
+        models[weight] = NeuralProcessModel(ConservationLaw1D("diffusion"), kind="cnp", hidden=8, softc_weight=weight).double()
+    one, three = (models[w].loss_terms(batch) for w in (1.0, 3.0))
+    assert float(three["pde"]) > 1e-3
+    torch.testing.assert_close(three["pde"], one["pde"], rtol=1e-12, atol=0)
+    torch.testing.assert_close(three["loss"].detach(), (three["nll"] + three["kl"] + 3 * three["pde"]).detach(), rtol=1e-12, atol=0)
+    torch.testing.assert_close((three["loss"] - one["loss"]).detach(), 2 * one["pde"], rtol=1e-9, atol=0)
+
+
+def test_softc_functions_evaluates_the_residual_on_the_first_functions_only():
+    """softc_functions=2: the penalty is that of the batch's first two functions alone (the same
+    number as the whole-batch penalty of a batch holding only those two), not the batch's."""
+    batch = _softc_batch()
+    torch.manual_seed(1)
+    model = NeuralProcessModel(ConservationLaw1D("diffusion"), kind="cnp", hidden=8, softc_weight=1.0, softc_functions=2).double()
+    first_two = model.softc_penalty(batch).detach()
+    model.softc_functions = 0  # every function of the batch
+    torch.testing.assert_close(first_two, model.softc_penalty({k: v[:2] for k, v in batch.items()}).detach(), rtol=1e-12, atol=0)
+    everything = model.softc_penalty(batch).detach()
+    assert abs(float(everything) - float(first_two)) > 1e-3 * float(everything)
+
+
 # -- data -----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def stefan_files(tmp_path_factory):

@@ -484,6 +484,10 @@ def test_the_gpu_fallbacks_agree_with_the_cpu_ones():
     gpu = _spd_solve_fallbacks(clean, b, x, bad, scale * 1e-10, torch.eye(4, dtype=F64))
     torch.testing.assert_close(gpu, spd_solve(a, b), rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(gpu[3], b[3] / torch.tensor([1.0, -2.0, 3.0, 0.5], dtype=F64))
+    # without the ridge (an adjoint's solve): straight to the minimum-norm solution, on both paths
+    plain = _spd_solve_fallbacks(clean, b, x, bad, 0.0 * scale, torch.eye(4, dtype=F64))
+    torch.testing.assert_close(plain, spd_solve(a, b, ridge=False), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(plain[1], b[1] * torch.tensor([1.0, 0.5, 0.0, 0.0], dtype=F64))
 
 
 @pytest.mark.parametrize("name", ["log", "sqrt"])
@@ -666,6 +670,22 @@ def test_each_finite_problem_gets_its_own_gradient_next_to_a_nonfinite_one(adjoi
     (g,) = torch.autograd.grad((sol.value * weights).sum(), c)
     want = torch.tensor([[math.exp(0.5)], [0.0], [2 * math.exp(-1.0)]], dtype=F64)
     torch.testing.assert_close(g, want, rtol=1e-7, atol=1e-12)
+
+
+def test_gauss_newton_gradients_of_a_rank_deficient_problem_are_the_minimum_norm_ones():
+    """The Gauss-Newton adjoint on the same singular J^T J: mu = (J^T J)^+ g, as the exact one
+    takes, not the ridged solve's mu of size 1 / ridge (entries ~1e9) along what J cannot reach."""
+    a, b = problem()
+    a = torch.cat([a[..., :2], a[..., :2]], dim=-1)  # rank 2 of 4
+    weights = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=F64)
+    a_, b_ = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
+    sol = least_squares(linear, torch.zeros(3, 4, dtype=F64), (a_, b_), adjoint=ImplicitAdjoint("gauss-newton"),
+                        solver=LevenbergMarquardt(rtol=1e-13, atol=1e-15), max_steps=100)
+    ga, gb = torch.autograd.grad((sol.value * weights).sum() + sol.cost.sum(), (a_, b_))
+    mu = (torch.linalg.pinv(a.mT @ a, hermitian=True) @ weights.expand(3, 4).unsqueeze(-1)).squeeze(-1)
+    want_a, want_b = _LinearWithPullback().pullback(sol.value.detach(), mu, torch.ones(3, dtype=F64), a, b)
+    torch.testing.assert_close(ga, want_a, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(gb, want_b, rtol=1e-6, atol=1e-8)
 
 
 def test_exact_hessian_gradients_of_a_rank_deficient_problem_are_the_minimum_norm_ones():

@@ -128,7 +128,7 @@ def _pull(fn, hessian: str, kept, y: Tensor, args: list, wanted: list[int], g_va
     detached = prepare(fn, args, backward=True, kept=kept)
     mu, linearised = None, {}
     if hessian == "gauss-newton":
-        mu = spd_solve(normal_equations(fn, y, detached)[2], g_value)
+        mu = spd_solve(normal_equations(fn, y, detached)[2], g_value, ridge=False)  # singular J^T J: the minimum-norm mu
     elif hasattr(fn, "linearise"):  # its d(J^T r)/dy, and what its pullback reuses
         hess, state = fn.linearise(y, *detached)
         mu, linearised = _general_solve(hess, g_value), {"linearised": state}

@@ -15,11 +15,13 @@ import torch
 from torch import Tensor
 
 
-def spd_solve(a: Tensor, b: Tensor) -> Tensor:
+def spd_solve(a: Tensor, b: Tensor, ridge: bool = True) -> Tensor:
     """Solve a x = b for a batch of symmetric positive semi-definite a [batch, n, n], b [batch, n].
 
     Cholesky where it succeeds; where a is singular or indefinite, a ridge of 1e-10 of its scale
-    and, failing that, least squares: the result is finite for any finite input.
+    and, failing that, least squares: the result is finite for any finite input. ``ridge=False``
+    (an adjoint's solve, whose answer for a singular a should be the minimum-norm one, not one
+    of size 1 / ridge) goes straight to least squares.
     """
     a, b = torch.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0), torch.nan_to_num(b, nan=0.0, posinf=0.0, neginf=0.0)
     n = a.shape[-1]
@@ -29,7 +31,12 @@ def spd_solve(a: Tensor, b: Tensor) -> Tensor:
     x = torch.cholesky_solve(b.unsqueeze(-1), chol).squeeze(-1)
     bad = (info != 0) | ~torch.isfinite(x).all(-1)
     if a.device.type != "cpu":
-        return _spd_solve_fallbacks(a, b, x, bad, scale * 1e-10, eye)
+        return _spd_solve_fallbacks(a, b, x, bad, scale * (1e-10 if ridge else 0.0), eye)
+    if not ridge:
+        if bool(bad.any()):
+            x = x.clone()
+            x[bad] = min_norm_solve(a[bad], b[bad])
+        return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
     if bool(bad.any()):
         ridged = a[bad] + 1e-10 * scale[bad, None, None] * eye
         chol2, info2 = torch.linalg.cholesky_ex(ridged)

@@ -67,19 +67,20 @@ def run_experiment(
     objs = instantiate(parser, cfg)
     model, dm = objs.model, objs.data
     text = dump_config(parser, cfg)
+    trainer = _trainer(cfg.trainer.as_dict(), out, model)  # also before the folder is touched: its settings can be bad
+    _recover(out)
     if reuse_finished and evaluate and (finished := _finished_report(out, text)) is not None:
         print(f"{out} already holds this run, finished: its metrics are reused")
         return finished
-    trainer = _trainer(cfg.trainer.as_dict(), out, model)  # also before the folder is touched: its settings can be bad
-    _recover(out)
     resume = _resume_checkpoint(out, text)
     previous = None
     if resume is None:
         previous = _set_aside(out)
     else:
         print(f"resuming the interrupted run in {out} from {resume}")
+        (out / "metrics.json").unlink(missing_ok=True)  # an interim evaluation's: it describes earlier weights
     atomic_write_text(out / "config.yaml", text)
-    kept_log = _log_aside(out) if resume else None
+    kept_log = _log_aside(out, resume) if resume else None
 
     t0 = time.perf_counter()
     try:
@@ -114,24 +115,43 @@ def run_experiment(
 COMPLETE = "complete"  # checkpoints/complete: the run's training ended (not interrupted)
 
 
+# What a run writes into its folder (and a new run there replaces); anything else in the folder
+# (a user's notes, other runs when --out is a parent folder) is never moved or deleted.
+_RUN_NAMES = ("checkpoints", "logs", "metrics.json", "config.yaml", "results.md", "model.ckpt", ".log-before-resume.csv")
+
+
+def _run_entries(out: Path) -> list[Path]:
+    """The run's own files in ``out``: its fixed names and its plots."""
+    return [out / name for name in _RUN_NAMES if (out / name).exists()] + sorted(p for p in out.glob("*.png") if p.is_file())
+
+
+def _remove(path: Path) -> None:
+    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
 def _set_aside(out: Path) -> Path:
-    """Move a previous run's files (everything in the folder) out of the way, into
-    ``out/.previous``, so that a new run that fails before its first checkpoint can put them back."""
+    """Move a previous run's files out of the way (into ``out/.previous``), so that a new run
+    that fails before its first checkpoint can put them back. Where ``.previous`` already holds
+    a run (a rerun that was interrupted after its first checkpoint set it aside), that run stays
+    there and the interrupted rerun's files are the ones replaced: a finished run is never
+    discarded for an unfinished one."""
     aside = out / ".previous"
-    shutil.rmtree(aside, ignore_errors=True)
+    if aside.is_dir():
+        for entry in _run_entries(out):
+            _remove(entry)
+        return aside
     aside.mkdir(parents=True)
-    for entry in out.iterdir():
-        if entry != aside:
-            entry.rename(aside / entry.name)
+    for entry in _run_entries(out):
+        entry.rename(aside / entry.name)
     return aside
 
 
 def _restore(aside: Path, out: Path) -> None:
     """Undo :func:`_set_aside`: what the failed run wrote goes, the previous run's files return."""
-    for entry in out.iterdir():
-        if entry != aside:
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    for entry in _run_entries(out):
+        _remove(entry)
     for entry in aside.iterdir():
+        _remove(out / entry.name)
         entry.rename(out / entry.name)
     aside.rmdir()
 
@@ -160,13 +180,19 @@ def _write_csv(path: Path, rows: list[dict[str, str]]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def _log_aside(out: Path) -> Path | None:
+def _log_aside(out: Path, resume: str) -> Path | None:
     """Lightning's CSV logger deletes its file when a resumed session starts logging: keep the
-    rows so far (with any an earlier killed session kept) in ``.log-before-resume.csv``."""
+    rows so far (with any an earlier killed session kept) in ``.log-before-resume.csv``, up to
+    the checkpoint resumed from (the rows after it are logged again by the resumed session)."""
     kept, log = out / ".log-before-resume.csv", out / "logs" / "metrics.csv"
     rows = _read_csv(kept) + _read_csv(log)
     if not rows:
         return None
+    try:
+        step = int(torch.load(resume, map_location="cpu", weights_only=True)["global_step"])
+        rows = [row for row in rows if not row.get("step") or int(float(row["step"])) < step]
+    except Exception:  # the checkpoint's step unknown: keep every row
+        pass
     _write_csv(kept, rows)
     log.unlink(missing_ok=True)
     return kept
@@ -198,14 +224,16 @@ def _finished_report(out: Path, config_text: str) -> dict[str, Any] | None:
 
 
 def _resume_checkpoint(out: Path, config_text: str) -> str | None:
-    """The checkpoint an interrupted run of this config resumes from: its training did not end
-    (no ``checkpoints/complete``; `sciml evaluate` of an interrupted run leaves it resumable). A
+    """The checkpoint a run of this config resumes from, unless it finished (its training ended,
+    ``checkpoints/complete``, and it was evaluated, ``metrics.json``): `sciml evaluate` of an
+    interrupted run, `sciml train` alone or Ctrl-C in the evaluation leave it resumable. A
     finished run from before that marker existed resumes too: Lightning finds its training done
     and the run is evaluated again."""
     last = out / "checkpoints" / "last.ckpt"
     saved = out / "config.yaml"
-    if last.is_file() and saved.is_file() and not (out / "checkpoints" / COMPLETE).exists() and saved.read_text() == config_text:
-        return str(last)
+    finished = (out / "checkpoints" / COMPLETE).exists() and (out / "metrics.json").exists()
+    if last.is_file() and saved.is_file() and not finished and saved.read_text() == config_text:
+        return str(last)  # interrupted in training, or after it (then Lightning finds it done: evaluated only)
     return None
 
 
@@ -343,6 +371,8 @@ def evaluate_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> d
     """Re-evaluate a run folder from its config.yaml and a checkpoint (default: last.ckpt); a
     study's folder where the study can be (every run, then its tables)."""
     run_dir = Path(run_dir)
+    if run_dir.is_dir():
+        _recover(run_dir)
     config = run_dir / "config.yaml"
     if not config.is_file():
         raise ConfigError(f"{run_dir} is not a run folder (no config.yaml); give the --out folder of `sciml run` or `sciml train`.")

@@ -8,6 +8,7 @@ run the installed console script end to end.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import platform
@@ -235,6 +236,58 @@ def test_a_failed_rerun_of_a_finished_run_gives_it_back_whole(capsys, tmp_path):
     code, _, err = sciml(capsys, "run", QUICKSTART, *TINY, "trainer.accelerator=tpu", "--out", out)
     assert_clean_error(code, err, "trainer cannot be built here", "trainer.accelerator='tpu'")
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_a_rerun_touches_only_the_runs_own_files(capsys, tmp_path):
+    """--out may be a folder with other things in it (a project, a parent of other runs): a rerun
+    there sets aside and replaces the run's own files only, whether it finishes or fails."""
+    out = tmp_path / "project"
+    (out / "other_run" / "checkpoints").mkdir(parents=True)
+    (out / "other_run" / "metrics.json").write_text("{}")
+    (out / "notes.txt").write_text("mine")
+    assert sciml(capsys, "run", QUICKSTART, *TINY, "--out", out)[0] == 0
+    assert sciml(capsys, "run", QUICKSTART, *TINY, "model.hidden=[8]", "--out", out)[0] == 0  # another config: replaced
+    code, _, _ = sciml(capsys, "run", QUICKSTART, *TINY, "model.optimizer.adam_steps=5", "model.optimizer.adam_lr=1e30", "--out", out)
+    assert code == 3  # diverged: the [8] run comes back
+    assert (out / "notes.txt").read_text() == "mine" and (out / "other_run" / "metrics.json").exists()
+    assert "hidden:\n    - 8\n" in (out / "config.yaml").read_text() and not (out / ".previous").exists()
+
+
+def test_training_without_its_evaluation_is_evaluated_by_the_next_run(capsys, tmp_path):
+    """`sciml train` (or Ctrl-C in the evaluation) leaves a trained run without metrics.json: the
+    next `sciml run` of that config evaluates it, it does not train again."""
+    out = tmp_path / "run"
+    assert sciml(capsys, "train", QUICKSTART, *TINY, "--out", out)[0] == 0
+    weights = (out / "checkpoints" / "last.ckpt").read_bytes()
+    code, printed, _ = sciml(capsys, "run", QUICKSTART, *TINY, "--out", out)
+    assert code == 0 and "resuming" in printed and (out / "metrics.json").exists()
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 5
+    import torch
+
+    from sciml.models import load_model
+
+    before = torch.load(io.BytesIO(weights), weights_only=True)["state_dict"]
+    after = load_model(out / "checkpoints" / "last.ckpt").state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the same weights: evaluated, not retrained
+
+
+def test_a_finished_run_set_aside_survives_further_interrupted_reruns(tmp_path):
+    """.previous holds the finished run while a rerun that got past its first checkpoint was
+    interrupted; another rerun with yet another config replaces the interrupted one's files, not
+    the finished run, which comes back when that rerun fails too."""
+    from sciml.pipeline import _restore, _set_aside
+
+    out = tmp_path / "run"
+    (out / ".previous" / "checkpoints").mkdir(parents=True)
+    (out / ".previous" / "metrics.json").write_text("finished")
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "last.ckpt").write_text("interrupted rerun")
+    (out / "config.yaml").write_text("interrupted rerun")
+    aside = _set_aside(out)
+    assert (aside / "metrics.json").read_text() == "finished" and not (out / "config.yaml").exists()
+    (out / "config.yaml").write_text("the newest rerun, failing early")
+    _restore(aside, out)
+    assert (out / "metrics.json").read_text() == "finished" and not (out / "config.yaml").exists()
 
 
 def test_paths_that_cannot_be_written_are_the_users_to_fix(capsys, tmp_path):

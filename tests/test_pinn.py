@@ -250,8 +250,9 @@ def test_evaluate_refuses_a_checkpoint_of_another_experiment(tmp_path):
 
 
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, data_dir, monkeypatch, capsys):
-    """A run killed after its step-100 checkpoint leaves no metrics.json; rerunning resumes from
-    the checkpoint (not from scratch) and ends where an uninterrupted run ends."""
+    """A run killed after its step-100 checkpoint (and after logging step 149) leaves no
+    metrics.json; rerunning resumes from the checkpoint (not from scratch) and ends where an
+    uninterrupted run ends, with one log row per logged step."""
     import sciml.pipeline as pipeline
 
     cfg = _write_config(tmp_path, 160)
@@ -261,7 +262,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, data_dir, monkeypa
 
     class Kill(L.Callback):
         def on_train_batch_end(self, trainer, *args):
-            if trainer.global_step == 130:
+            if trainer.global_step == 155:
                 raise KeyboardInterrupt
 
     def killing_trainer(kwargs, out, model):

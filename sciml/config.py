@@ -212,7 +212,8 @@ def _bad_class(key: str, class_path: str, where: str) -> str:
     module = class_path.rpartition(".")[0]
     try:
         mod = importlib.import_module(module)
-        options = [f"{module}.{n}" for n, v in vars(mod).items() if inspect.isclass(v) and not n.startswith("_")]
+        names = getattr(mod, "__all__", None) or [n for n in vars(mod) if not n.startswith("_")]  # __all__: lazy ones too
+        options = [f"{module}.{n}" for n in names if inspect.isclass(getattr(mod, n, None))]
     except ImportError:
         options = []
     return (f"`{key}.class_path` (={class_path!r}){where} is not an importable class.{did_you_mean(class_path, options)} "

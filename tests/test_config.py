@@ -57,3 +57,16 @@ def test_study_configs_name_a_function_whose_arguments_they_give(study):
     for section in ("args", "quick"):
         unknown = set(raw.get(section) or {}) - set(params)
         assert not unknown, f"{study.name}: {section} has {unknown}, not arguments of {raw['study']}"
+
+
+def test_a_misspelt_class_path_suggests_the_lazily_imported_class():
+    """sciml.data imports its data modules on first use; the suggestion for a typo still finds
+    them (it lists the module's __all__), and the submodules stay reachable as attributes."""
+    import sciml.data
+    from sciml.config import _bad_class
+
+    message = _bad_class("data", "sciml.data.CollocationDataModul", "")
+    assert "Did you mean `sciml.data.CollocationDataModule`" in message
+    assert sciml.data.datamodules.SampleDataModule is sciml.data.SampleDataModule
+    assert {"SampleDataModule", "datamodules", "read_dataset"} <= set(dir(sciml.data))
+

@@ -205,6 +205,22 @@ def test_local_processes_give_the_same_file_as_one_process(tmp_path, monkeypatch
     assert_same(one, arrays(generate("burgers", tmp_path / "two.h5", workers=2, **spec)))
 
 
+def test_a_failing_writer_stops_the_worker_processes_at_once(tmp_path, monkeypatch):
+    """When writing fails in the main process, the pool's processes are gone when generate()
+    raises (not only once the exception is garbage)."""
+    import multiprocessing
+
+    from sciml.data.schema import DatasetWriter
+
+    def broken(self, i, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(DatasetWriter, "write", broken)
+    with pytest.raises(OSError, match="No space left") as raised:
+        generate("burgers", tmp_path / "x.h5", n=6, seed=0, params={"nu": 0.05, **GRID}, workers=2, **SMALL)
+    assert multiprocessing.active_children() == [], raised.value  # checked while the exception is still held
+
+
 def test_ray_workers_give_the_same_file_as_one_process(tmp_path):
     """Samples fanned out over Ray tasks (a local instance, as on a cluster's address) are bit-identical."""
     pytest.importorskip("ray")

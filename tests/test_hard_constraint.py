@@ -525,6 +525,9 @@ def test_a_models_rows_are_grouped_by_expert_once():
     assert q_max == 16 + 4 and [g.tolist() for g in groups] == [list(range(20)), list(range(20, 24))]
     again, _ = layer._row_groups(points, torch.device("cpu"))
     assert all(a is b for a, b in zip(groups, again))  # cached
+    points[16:] = torch.arange(8)  # edited in place (all now in the first block): the same tensor, other rows
+    edited, q_edited = layer._row_groups(points, torch.device("cpu"))
+    assert q_edited == 24 and len(edited[1]) == 0
     other, q_other = layer._row_groups(points[:16].clone(), torch.device("cpu"))
     assert q_other == 16 and len(other[1]) == 0  # another rows set is grouped anew
 
@@ -554,3 +557,19 @@ def test_the_layer_counts_its_solves_and_how_many_converged():
     assert stats["steps"] == (1 + layer.last_solution.steps) / 2
     layer.reset_stats()
     assert layer.stats() == {"solves": 0, "problems": 0, "successful": 0.0, "steps": 0.0}
+
+
+def test_stencil_tables_made_under_fake_tensors_are_not_kept():
+    """The finite-difference tables are cached per device; tables made under torch's fake
+    tensors (the GPU-path checks) must not be served to a real computation later."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import sciml.constraints.fields as fields
+
+    fields._STENCILS.clear()
+    with FakeTensorMode():
+        fields._stencil(torch.arange(5), 5, 1)
+    assert fields._STENCILS == {}
+    offsets, weights = fields._stencil(torch.arange(5), 5, 1)
+    assert type(offsets) is torch.Tensor and weights[0].tolist() == [-1.5, 2.0, -0.5]
+    assert (1, "cpu") in fields._STENCILS

@@ -672,6 +672,29 @@ def test_each_finite_problem_gets_its_own_gradient_next_to_a_nonfinite_one(adjoi
     torch.testing.assert_close(g, want, rtol=1e-7, atol=1e-12)
 
 
+@pytest.mark.parametrize("solver", [GaussNewton(), LevenbergMarquardt()])
+def test_the_gpu_fallbacks_keep_an_unrolled_gradient_finite(solver, monkeypatch):
+    """spd_solve's GPU path, run on the CPU, under the unrolled adjoint: the minimum-norm branch
+    it computes for every problem and discards for a well-posed one must not send NaN through
+    torch.where (eigh's backward divides by eigenvalue gaps; A = s I repeats its eigenvalue).
+    r = s y - c: y* = c / s, d sum(y*) / ds = -sum(c) / s^2 = -1 at s = 2, c = (1, 3)."""
+    import sciml.constraints.solvers as solvers
+
+    def gpu_path(a, b, ridge=True):
+        eye = torch.eye(a.shape[-1], dtype=a.dtype)
+        scale = a.diagonal(dim1=-2, dim2=-1).abs().mean(-1)
+        chol, info = torch.linalg.cholesky_ex(a)
+        x = torch.cholesky_solve(b.unsqueeze(-1), chol).squeeze(-1)
+        return solvers._spd_solve_fallbacks(a, b, x, (info != 0) | ~torch.isfinite(x).all(-1), scale * 1e-10, eye)
+
+    monkeypatch.setattr(solvers, "spd_solve", gpu_path)
+    theta = torch.tensor([[2.0, 0.0]], dtype=F64, requires_grad=True)
+    fn = lambda y, th: th[:, :1] * y - torch.tensor([[1.0, 3.0]], dtype=F64)  # noqa: E731
+    sol = least_squares(fn, torch.zeros(1, 2, dtype=F64), (theta,), solver=solver, adjoint=UnrolledAdjoint())
+    (grad,) = torch.autograd.grad(sol.value.sum(), theta)
+    torch.testing.assert_close(grad, torch.tensor([[-1.0, 0.0]], dtype=F64))
+
+
 def test_gauss_newton_gradients_of_a_rank_deficient_problem_are_the_minimum_norm_ones():
     """The Gauss-Newton adjoint on the same singular J^T J: mu = (J^T J)^+ g, as the exact one
     takes, not the ridged solve's mu of size 1 / ridge (entries ~1e9) along what J cannot reach."""

@@ -147,10 +147,13 @@ def _stencil(position: Tensor, n: int, order: int) -> tuple[Tensor, Tensor]:
                 "last": ([0, -1, -2, -3], [2.0, -5.0, 4.0, -1.0])}
     which = torch.where(position == 0, 1, torch.where(position == n - 1, 2, 0))
     key = (order, str(position.device))
-    if key not in _STENCILS:  # copied to a GPU once, not every call (each copy a wait for the device)
-        _STENCILS[key] = (torch.tensor([rows[k][0] for k in ("inside", "first", "last")], device=position.device),
-                          torch.tensor([rows[k][1] for k in ("inside", "first", "last")], dtype=torch.float64, device=position.device))
-    offsets, weights = _STENCILS[key]
+    tables = _STENCILS.get(key)
+    if tables is None:  # copied to a GPU once, not every call (each copy a wait for the device)
+        tables = (torch.tensor([rows[k][0] for k in ("inside", "first", "last")], device=position.device),
+                  torch.tensor([rows[k][1] for k in ("inside", "first", "last")], dtype=torch.float64, device=position.device))
+        if type(tables[0]) is Tensor:  # not a fake or traced tensor (torch.compile, FakeTensorMode): those are not kept
+            _STENCILS[key] = tables
+    offsets, weights = tables
     return offsets[which], weights[which]
 
 

@@ -536,7 +536,7 @@ class HardConstraint(nn.Module):
         """Each expert's rows (indices into ``points``, on ``device``) and the most any expert has.
         Counted on the CPU once per rows set (keyed by its points: a model builds the same rows
         every step), so a GPU step does not wait for a bincount and each expert's nonzero."""
-        key = ("rows", str(device), tuple(points.shape), points.device.type, points.data_ptr())
+        key = ("rows", str(device), tuple(points.shape), points.device.type, points.data_ptr(), points._version)  # _version: in-place edits
         cached = self._on_device.get(key)
         if cached is not None and cached[0] is points:
             return cached[1], cached[2]

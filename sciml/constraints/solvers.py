@@ -60,7 +60,11 @@ def _spd_solve_fallbacks(a: Tensor, b: Tensor, x: Tensor, bad: Tensor, ridge: Te
     chol, info = torch.linalg.cholesky_ex(ridged)
     x2 = torch.cholesky_solve(b.unsqueeze(-1), chol).squeeze(-1)
     still = bad & ((info != 0) | ~torch.isfinite(x2).all(-1))
-    lam, vec = torch.linalg.eigh(ridged)
+    # eigh only where it is needed: elsewhere a matrix of distinct eigenvalues stands in, whose
+    # result is discarded, since eigh's backward divides by eigenvalue gaps and a repeated
+    # eigenvalue (s I) would send 0 * inf = NaN into a gradient through the discarded branch
+    distinct = torch.diag_embed(torch.arange(1, a.shape[-1] + 1, dtype=a.dtype, device=a.device)).expand_as(ridged)
+    lam, vec = torch.linalg.eigh(torch.where(still[:, None, None], ridged, distinct))
     cut = torch.finfo(a.dtype).eps * a.shape[-1] * lam.abs().amax(-1, keepdim=True)
     inv = torch.where(lam.abs() > cut, 1 / torch.where(lam == 0, torch.ones_like(lam), lam), torch.zeros_like(lam))
     x3 = (vec @ (inv * (vec.transpose(-1, -2) @ b.unsqueeze(-1)).squeeze(-1)).unsqueeze(-1)).squeeze(-1)

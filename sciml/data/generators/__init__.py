@@ -15,6 +15,7 @@ Other families live in their own modules and are registered when their imports a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import inspect
@@ -229,9 +230,12 @@ def generate(
             samples = _pool_samples(gen, seed, todo, workers)
         else:
             samples = ((i, gen.sample(i, seed)) for i in todo)
-        for i, s in samples:
-            writer.write(i, s.u, s.params, u0=s.u0)
-            bar.advance(task)
+        with contextlib.closing(samples) if hasattr(samples, "close") else contextlib.nullcontext():
+            # closing: a failure here (the writer's) stops the worker processes or tasks at once,
+            # not when the exception's traceback is freed
+            for i, s in samples:
+                writer.write(i, s.u, s.params, u0=s.u0)
+                bar.advance(task)
         return writer.finalize()
 
 

@@ -410,16 +410,24 @@ def _check_same_model(model: L.LightningModule, configured: L.LightningModule, c
 
 
 def _train_seconds(run_dir: Path, checkpoint: Path) -> float | None:
-    """The training time a run's metrics.json recorded (kept when the run is re-evaluated), else
-    the one its checkpoint carries (an interrupted run: every session until that checkpoint)."""
-    try:
-        return json.loads((run_dir / "metrics.json").read_text())["seconds"]["train"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    try:
-        return float(torch.load(checkpoint, map_location="cpu", weights_only=True)["callbacks"]["TrainTime"]["seconds"])
-    except Exception:  # no such state (a checkpoint from elsewhere) or unreadable: unknown, not an error
-        return None
+    """The training time of the weights evaluated: the run's own (what its metrics.json recorded,
+    kept when the run is evaluated again) for its last checkpoint, else what the checkpoint
+    carries (every session until it was saved: an interrupted run's, an intermediate one's)."""
+    def recorded() -> float | None:
+        try:
+            return json.loads((run_dir / "metrics.json").read_text())["seconds"]["train"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def carried() -> float | None:
+        try:
+            return float(torch.load(checkpoint, map_location="cpu", weights_only=True)["callbacks"]["TrainTime"]["seconds"])
+        except Exception:  # no such state (an older or foreign checkpoint) or unreadable
+            return None
+
+    if checkpoint.resolve() == (run_dir / "checkpoints" / "last.ckpt").resolve():
+        return recorded() if recorded() is not None else carried()
+    return carried()
 
 
 def predict_to_file(checkpoint: str | Path, data: str | Path, out: str | Path) -> Path:

@@ -11,8 +11,6 @@ from .schema import PDEDataset, read_dataset, summarize, validate_dataset, write
 
 _LAZY = {"CollocationDataModule": ".collocation", "ContextTargetDataModule": ".context_target",
          "H5Samples": ".datamodules", "SampleDataModule": ".datamodules"}
-
-
 _SUBMODULES = ("collocation", "context_target", "datamodules")
 
 

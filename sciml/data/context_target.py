@@ -181,9 +181,8 @@ class ContextTargetDataModule(L.LightningDataModule):
         self.setup()
         hp = self.hparams
         items = ContextTargets(self.field, np.arange(len(self.field.u)), hp.n_context, hp.context_times, hp.n_target, hp.seed)
-        workers = hp.get("num_workers", 0)
         return DataLoader(items, batch_size=min(hp.batch_size, len(items)), shuffle=True, drop_last=False,
-                          num_workers=workers, persistent_workers=workers > 0)
+                          num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0)
 
     # -- evaluation --------------------------------------------------------------------------------
     def mass(self, name: str, k: int) -> np.ndarray:

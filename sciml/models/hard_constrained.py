@@ -18,7 +18,6 @@ exp(t / (D R)) and cannot be solved: see sciml.pdes.DiffusionSorption).
 from __future__ import annotations
 
 import math
-
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 

@@ -142,3 +142,21 @@ def test_an_address_is_not_swapped_silently_for_the_running_instance(ray, tmp_pa
     with pytest.raises(ConfigError, match=r"--ray-address \(='10.255.255.1:6379'\) names a Ray cluster"):
         generate("convection", tmp_path / "never_written.h5", n=2, params={"nx": 16, "nt": 4}, workers=2,
                  ray_address="10.255.255.1:6379", progress=False)
+
+
+def test_the_solve_reports_the_slowest_chunks_steps(ray):
+    """Chunks that converge at different speeds: the gathered solution reports the slowest
+    chunk's step count (what the local solve of the whole batch reports), not the fastest's."""
+    from sciml.constraints import least_squares
+
+    def fn(y, c):  # y^3 + y = c: zero steps from y = 0 where c = 0, several where c is large
+        return y.pow(3) + y - c
+
+    c = torch.tensor([[0.0, 0.0]] * 4 + [[5.0, 40.0]] * 2, dtype=F64)  # chunks of 2: two already solved, one hard
+    y0 = torch.zeros(6, 2, dtype=F64)
+    local = least_squares(fn, y0, (c,), max_steps=100)
+    far = RayExecutor(num_workers=3).solve(fn, y0, (c,), solver=None, adjoint=None, max_steps=100, dtype=None)
+    assert local.steps >= 3  # the hard chunk needs several steps, the others none
+    assert far.steps == local.steps
+    torch.testing.assert_close(far.value, local.value, rtol=0, atol=1e-12)
+    assert far.result.tolist() == local.result.tolist() == [Result.successful] * 6

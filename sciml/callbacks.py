@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import random
 import sys
 import time
+from typing import Any
 
 import lightning as L
+import numpy as np
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -108,3 +112,44 @@ class TrainTime(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, float]) -> None:
         self.before = float(state_dict.get("seconds", 0.0))
+
+
+class RandomState(L.Callback):
+    """The global random streams (torch on the CPU and every GPU, numpy's, Python's) travel in
+    every checkpoint and come back on resumption, so a resumed run draws the points, latent
+    samples and shuffles that the uninterrupted run drew (with
+    :class:`~sciml.data.resumable.ResumableLoader` for the batches). Validation draws from a copy:
+    how often it runs does not change training.
+
+    The states are stored as tensors and plain numbers, which ``torch.load(weights_only=True)``
+    reads."""
+
+    def __init__(self) -> None:
+        self._outside_validation: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        version, internal, gauss_next = random.getstate()
+        state = {"torch": torch.get_rng_state(), "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                                                         "has_gauss": int(has_gauss), "gauss": float(gauss)},
+                 "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next}}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        n = state["numpy"]
+        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+        p = state["python"]
+        random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+        if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._outside_validation = self.state_dict()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._outside_validation is not None:
+            self.load_state_dict(self._outside_validation)
+            self._outside_validation = None

@@ -25,7 +25,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from . import __version__
 from ._io import atomic_write_json, atomic_write_text
-from .callbacks import StepProgress, TrainTime
+from .callbacks import RandomState, StepProgress, TrainTime
 from .config import dump_config, instantiate, load_config, read_yaml
 from .errors import ConfigError, DataError, TrainingError
 from .metrics import compute_metrics
@@ -245,7 +245,7 @@ def _trainer(kwargs: dict[str, Any], out: Path, model: L.LightningModule) -> L.T
         return L.Trainer(
             **kwargs,
             default_root_dir=out,
-            callbacks=[checkpoint, StepProgress(), TrainTime()],
+            callbacks=[checkpoint, StepProgress(), TrainTime(), RandomState()],
             logger=CSVLogger(out, name="logs", version=""),
             enable_progress_bar=False,
             enable_model_summary=False,

@@ -128,7 +128,7 @@ def test_pde_without_characteristics_is_rejected():
         LPINN(DiffusionSorption())
 
 
-def test_run_resumes_across_the_optimizer_switch_and_reloads(tmp_path, data_dir, monkeypatch):
+def test_run_resumes_across_the_optimizer_switch_and_reloads(tmp_path, data_dir, interrupt_at):
     """A run killed just after the checkpoint saved at the last Adam step resumes into L-BFGS (the
     checkpoint holds Adam's state, which L-BFGS cannot load) and ends where an uninterrupted run
     ends; the last checkpoint holds the final weights (the budget is not a multiple of the
@@ -153,23 +153,11 @@ def test_run_resumes_across_the_optimizer_switch_and_reloads(tmp_path, data_dir,
     error = np.linalg.norm(model.predict_grid(x, t) - truth) / np.linalg.norm(truth)
     assert error == pytest.approx(full["metrics"]["rel_l2"], rel=1e-6)
 
-    make_trainer = pipeline._trainer
-
-    class Kill(L.Callback):
-        def on_train_batch_end(self, trainer, *args):
-            if trainer.global_step == pipeline.CHECKPOINT_EVERY + 3:
-                raise KeyboardInterrupt
-
-    def killing_trainer(kwargs, out, model):
-        trainer = make_trainer(kwargs, out, model)
-        trainer.callbacks.append(Kill())
-        return trainer
-
     out = tmp_path / "run"
-    monkeypatch.setattr(pipeline, "_trainer", killing_trainer)
+    interrupt_at(pipeline.CHECKPOINT_EVERY + 3)
     with pytest.raises(KeyboardInterrupt):
         pipeline.run_experiment(cfg, out=out)
-    monkeypatch.setattr(pipeline, "_trainer", make_trainer)
+    interrupt_at(None)
     resumed = pipeline.run_experiment(cfg, out=out)
     assert resumed["model"] == "lpinn" and resumed["steps"] == pipeline.CHECKPOINT_EVERY + 10
     assert resumed["metrics"]["rel_l2"] == pytest.approx(full["metrics"]["rel_l2"], rel=1e-3)

@@ -249,7 +249,7 @@ def test_evaluate_refuses_a_checkpoint_of_another_experiment(tmp_path):
         _check_same_model(LPINN(Convection(beta=5.0)), run, tmp_path / "a.ckpt", tmp_path)
 
 
-def test_interrupted_run_resumes_to_the_same_result(tmp_path, data_dir, monkeypatch, capsys):
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, data_dir, capsys, interrupt_at):
     """A run killed after its step-100 checkpoint (and after logging step 149) leaves no
     metrics.json; rerunning resumes from the checkpoint (not from scratch) and ends where an
     uninterrupted run ends, with one log row per logged step."""
@@ -258,19 +258,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, data_dir, monkeypa
     cfg = _write_config(tmp_path, 160)
     full = pipeline.run_experiment(cfg, out=tmp_path / "full")
 
-    make_trainer = pipeline._trainer
-
-    class Kill(L.Callback):
-        def on_train_batch_end(self, trainer, *args):
-            if trainer.global_step == 155:
-                raise KeyboardInterrupt
-
-    def killing_trainer(kwargs, out, model):
-        trainer = make_trainer(kwargs, out, model)
-        trainer.callbacks.append(Kill())
-        return trainer
-
-    monkeypatch.setattr(pipeline, "_trainer", killing_trainer)
+    interrupt_at(155)
     out = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
         pipeline.run_experiment(cfg, out=out)
@@ -284,7 +272,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, data_dir, monkeypa
     interim = pipeline.evaluate_run(out)
     assert interim["seconds"]["train"] == pytest.approx(before)
 
-    monkeypatch.setattr(pipeline, "_trainer", make_trainer)
+    interrupt_at(None)
     capsys.readouterr()
     resumed = pipeline.run_experiment(cfg, out=out)
     assert "resuming the interrupted run" in capsys.readouterr().out

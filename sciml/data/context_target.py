@@ -5,7 +5,9 @@ A training item is one function of an HDF5 dataset (u [n_t, *space] on a 1D grid
 ``n_context / context_times`` distinct spatial points (10 t x 10 x for ProbConserv's 100), and
 ``n_target`` target points drawn from the whole space-time set. Inputs are coordinates
 (t, x) on a 1D grid and (t, x, y) on a 2D mesh; outputs are u. Points are redrawn every time an
-item is read, so each epoch sees fresh samples of the same functions.
+item is read, so each epoch sees fresh samples of the same functions; the training loader keys
+each draw by its position in the run (:mod:`sciml.data.resumable`), so the draws do not depend on
+the number of loader workers and continue unchanged after a resumption.
 
 Test sets are separate files (``test``: one HDF5 file per test parameter value, e.g. k = 1 and
 k = 5, made by ``generator`` with ``test_params``), each giving the full space-time field, its
@@ -26,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError, DataError
+from .resumable import training_loader
 from .schema import PDEDataset, read_dataset
 
 
@@ -88,12 +91,21 @@ class ContextTargets(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        self._draws += 1
-        # A loader worker counts its own draws from a copy of this dataset: its seed (distinct per
-        # worker and per loader iterator, from the seeded main process) keeps the streams apart.
-        worker = torch.utils.data.get_worker_info()
-        stream = [self.seed, int(self.indices[i]), self._draws] + ([] if worker is None else [worker.seed % 2**63])
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        """Item ``i`` or, from :class:`~sciml.data.resumable.ResumableLoader`'s keyed sampler,
+        ``(i, position)``: the draw is then the one at that position of the run (the ``position +
+        1``-th item drawn), whichever process or loader worker draws it, before or after a
+        resumption."""
+        if isinstance(key, tuple):
+            i, position = key
+            stream = [self.seed, int(self.indices[i]), position + 1]
+        else:
+            i = key
+            self._draws += 1
+            # A loader worker counts its own draws from a copy of this dataset: its seed (distinct per
+            # worker and per loader iterator, from the seeded main process) keeps the streams apart.
+            worker = torch.utils.data.get_worker_info()
+            stream = [self.seed, int(self.indices[i]), self._draws] + ([] if worker is None else [worker.seed % 2**63])
         rng = np.random.default_rng(stream)
         return context_target_item(self.field, int(self.indices[i]), rng, self.n_context, self.context_times, self.n_target)
 
@@ -181,8 +193,7 @@ class ContextTargetDataModule(L.LightningDataModule):
         self.setup()
         hp = self.hparams
         items = ContextTargets(self.field, np.arange(len(self.field.u)), hp.n_context, hp.context_times, hp.n_target, hp.seed)
-        return DataLoader(items, batch_size=min(hp.batch_size, len(items)), shuffle=True, drop_last=False,
-                          num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0)
+        return training_loader(items, min(hp.batch_size, len(items)), lambda: self.trainer, keyed=True, num_workers=hp.num_workers)
 
     # -- evaluation --------------------------------------------------------------------------------
     def mass(self, name: str, k: int) -> np.ndarray:

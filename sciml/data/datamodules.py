@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from sciml.data.resumable import training_loader
 from sciml.data.schema import check_physics, read_dataset, sample_arrays
 from sciml.errors import ConfigError, DataError
 from sciml.pdes import PDE
@@ -215,8 +216,12 @@ class SampleDataModule(L.LightningDataModule):
         if not self.splits:
             self.setup()
         workers = self.hparams.num_workers
-        return DataLoader(self.splits[split], batch_size=self.hparams.batch_size, shuffle=shuffle,
-                          num_workers=workers, persistent_workers=workers > 0)
+        if shuffle:  # training: resumable mid-epoch (sciml.data.resumable)
+            return training_loader(self.splits[split], self.hparams.batch_size, lambda: self.trainer, num_workers=workers)
+        # validation's iterator seeds itself from its own generator, not from training's stream
+        generator = torch.Generator().manual_seed(self.hparams.seed) if split == "val" else None
+        return DataLoader(self.splits[split], batch_size=self.hparams.batch_size, shuffle=False,
+                          num_workers=workers, persistent_workers=workers > 0, generator=generator)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

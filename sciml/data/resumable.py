@@ -7,8 +7,10 @@ uninterrupted run's. :class:`ResumableLoader` keeps what is needed to continue i
 checkpoint (Lightning saves and restores a loader with ``state_dict``/``load_state_dict``):
 
 - the epoch's order: drawn exactly as torch's ``RandomSampler`` draws it (one seed from the
-  global torch stream, then ``randperm``), so an uninterrupted run is unchanged by this class,
-  and the seed is kept so a resumed run rebuilds the same order and skips the batches trained;
+  global torch stream, then ``randperm``), so an uninterrupted run loading in-process is
+  unchanged by this class (with loader workers, the global stream is drawn as in-process, so a
+  run does not depend on their number), and the seed is kept so a resumed run rebuilds the same
+  order and skips the batches trained;
 - each item's position in the run (epoch start + position in the epoch), handed to datasets
   that draw random points per item (``keyed=True``: the sampler yields ``(index, position)``), so
   an item's draws depend on where it falls in the run, not on which process or how many loader
@@ -18,7 +20,10 @@ checkpoint (Lightning saves and restores a loader with ``state_dict``/``load_sta
   the checkpoint through :class:`sciml.callbacks.RandomState`).
 
 What is not reproduced on resumption: the seed that torch hands loader worker processes (our
-datasets draw nothing from it).
+datasets draw nothing from it); anything under a distributed strategy or ``overfit_batches``,
+where Lightning replaces the sampler (:func:`training_loader` then gives a plain shuffling
+loader); and the rest of an epoch resumed from a checkpoint without the loader's state (written
+before it had one), which starts a fresh order.
 """
 
 from __future__ import annotations
@@ -37,23 +42,34 @@ def _draw_seed() -> int:
     return int(torch.empty((), dtype=torch.int64).random_().item())
 
 
-def epoch_progress(trainer: Any) -> int:
-    """Batches of the current epoch that ``trainer`` has trained on (0 outside a fit)."""
-    if trainer is None:
-        return 0
-    return int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+def epoch_progress(trainer: Any) -> tuple[int, float]:
+    """(batches of the current epoch that ``trainer`` has trained on, batches its epochs have):
+    (0, inf) outside a fit. An epoch can be shorter than the loader (``limit_train_batches``)."""
+    loop = getattr(trainer, "fit_loop", None)
+    if loop is None:
+        return 0, float("inf")
+    return int(loop.epoch_loop.batch_progress.current.ready), float(trainer.num_training_batches)
 
 
 def training_loader(dataset: Dataset, batch_size: int, trainer: Any, keyed: bool = False, num_workers: int = 0) -> DataLoader:
     """A data module's shuffling training loader: :class:`ResumableLoader`, following
     ``trainer``'s progress (a callable returning the trainer: the module's attribute, set when
-    it is attached). Under a distributed strategy, where Lightning shards the data with a sampler
-    of its own, a plain shuffling ``DataLoader``: resumption there starts the epoch's shuffle
-    afresh."""
+    it is attached). Where Lightning puts in a sampler of its own (a distributed strategy, which
+    shards the data, even on one device; ``overfit_batches``), a plain shuffling ``DataLoader``:
+    resumption there starts the epoch's shuffle afresh."""
     kwargs = {"num_workers": num_workers, "persistent_workers": num_workers > 0}
-    if getattr(trainer(), "world_size", 1) > 1:
+    if _injects_sampler(trainer()):
         return DataLoader(dataset, batch_size=batch_size, shuffle=True, **kwargs)
     return ResumableLoader(dataset, batch_size, progress=lambda: epoch_progress(trainer()), keyed=keyed, **kwargs)
+
+
+def _injects_sampler(trainer: Any) -> bool:
+    """Whether Lightning will replace a training loader's sampler under ``trainer``."""
+    if trainer is None or not hasattr(trainer, "strategy"):
+        return False
+    from lightning.pytorch.strategies import ParallelStrategy
+
+    return isinstance(trainer.strategy, ParallelStrategy) or bool(getattr(trainer, "overfit_batches", 0))
 
 
 class EpochShuffle(Sampler):
@@ -96,19 +112,29 @@ class EpochShuffle(Sampler):
 
 class ResumableLoader(DataLoader):
     """A shuffling ``DataLoader`` over ``dataset`` whose checkpointed state resumes the epoch where
-    training stopped (see the module doc). ``progress()`` gives the batches of the current epoch
-    that training has consumed (Lightning's epoch-loop counter; the loader itself has yielded one
-    more, prefetched). Other arguments as ``DataLoader``'s (no ``shuffle``, ``sampler``)."""
+    training stopped (see the module doc). ``progress()`` gives (the batches of the current epoch
+    that training has consumed, the batches an epoch has): Lightning's epoch-loop counter, which,
+    unlike what the loader has yielded, does not count a batch fetched ahead, and the trainer's
+    epoch length, which ``limit_train_batches`` can make shorter than the loader. Other arguments
+    as ``DataLoader``'s (no ``shuffle``, ``sampler``)."""
 
-    def __init__(self, dataset: Dataset, batch_size: int, progress: Callable[[], int], keyed: bool = False, **kwargs: Any):
+    def __init__(self, dataset: Dataset, batch_size: int, progress: Callable[[], tuple[int, float]], keyed: bool = False,
+                 **kwargs: Any):
         super().__init__(dataset, batch_size=batch_size, sampler=EpochShuffle(len(dataset), keyed), drop_last=False, **kwargs)
         self._progress = progress
         self._resuming = False  # set by load_state_dict until the next iter()
+        # the epoch's order, in batches, where its iterator began, and the trainer's count then:
+        # the order's position is their sum plus what the trainer has counted since (after a
+        # checkpoint without loader state the trainer counts batches this order never gave)
+        self._skipped, self._counted_at_iter = 0, 0
 
     def state_dict(self) -> dict[str, Any]:
         sampler: EpochShuffle = self.sampler
-        return {"seed": sampler.seed, "start": sampler.start, "batches": int(self._progress()),
-                "size": sampler.size, "batch_size": self.batch_size}
+        counted, epoch = self._progress()
+        # the trainer's count falls only where it starts a new epoch on this iterator (resumed at an epoch's end)
+        since = counted - self._counted_at_iter if counted >= self._counted_at_iter else counted
+        return {"seed": sampler.seed, "start": sampler.start, "batches": self._skipped + since,
+                "epoch_done": counted >= epoch, "size": sampler.size, "batch_size": self.batch_size}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         sampler: EpochShuffle = self.sampler
@@ -116,7 +142,7 @@ class ResumableLoader(DataLoader):
             raise DataError(f"the checkpoint was trained on {state['size']} items in batches of {state['batch_size']}; this run has "
                             f"{sampler.size} in batches of {self.batch_size}, so it cannot resume that run's epoch. Train it afresh "
                             "in another folder (--out), or restore the data and batch size it was trained with.")
-        if state["seed"] is None or state["batches"] >= len(self):  # at an epoch's end: the next epoch, drawn afresh
+        if state["seed"] is None or state.get("epoch_done") or state["batches"] >= len(self):  # at an epoch's end: the next, drawn afresh
             sampler.resume(None, state["start"] + sampler.size if state["seed"] is not None else 0, 0)
         else:  # mid-epoch: the same order, the trained batches skipped
             sampler.resume(state["seed"], state["start"], state["batches"] * self.batch_size)
@@ -125,6 +151,8 @@ class ResumableLoader(DataLoader):
     def __iter__(self):
         resuming, self._resuming = self._resuming, False
         sampler: EpochShuffle = self.sampler
+        self._counted_at_iter = self._progress()[0]
+        self._skipped = sampler._resume[2] // self.batch_size if resuming and sampler._resume is not None else 0
         if not resuming:
             if self.persistent_workers and self._iterator is not None:
                 # torch reuses its workers and draws no new base seed: draw it as a new iterator
